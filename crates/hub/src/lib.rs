@@ -1,0 +1,1 @@
+//! Model catalog, data directory and pull (placeholder, being written).

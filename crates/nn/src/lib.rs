@@ -1,0 +1,1 @@
+//! Shared transformer blocks over the kernels: linear layers, norms, RoPE, attention, activations.

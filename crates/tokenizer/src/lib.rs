@@ -1,0 +1,3 @@
+//! Tokenizers read from GGUF metadata, streaming UTF-8 decode and chat templates.
+
+pub mod chat;
