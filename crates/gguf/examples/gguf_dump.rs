@@ -6,13 +6,19 @@ fn main() {
     };
     match troupe_gguf::GgufFile::open(&path) {
         Ok(f) => {
-            println!("version {} alignment {} data at {}", f.version, f.alignment, f.data_offset);
+            println!(
+                "version {} alignment {} data at {}",
+                f.version, f.alignment, f.data_offset
+            );
             for (k, v) in f.metadata() {
                 let s = format!("{v:?}");
                 println!("{k} = {}", &s[..s.len().min(120)]);
             }
             for t in f.tensors() {
-                println!("{} {:?} {} @{} +{}", t.name, t.shape, t.ty, t.offset, t.size);
+                println!(
+                    "{} {:?} {} @{} +{}",
+                    t.name, t.shape, t.ty, t.offset, t.size
+                );
             }
         }
         Err(e) => {

@@ -24,7 +24,9 @@ pub enum GgufError {
     },
     #[error("not a GGUF file (magic bytes {found:02x?}, expected \"GGUF\")")]
     BadMagic { found: [u8; 4] },
-    #[error("GGUF version {0} is not supported (only 2 and 3; big-endian files are not supported)")]
+    #[error(
+        "GGUF version {0} is not supported (only 2 and 3; big-endian files are not supported)"
+    )]
     UnsupportedVersion(u32),
     #[error("file is truncated: needed {needed} bytes at offset {offset} while reading {what}, file has {len}")]
     Truncated {
@@ -65,7 +67,9 @@ pub enum GgufError {
         offset: u64,
         alignment: u64,
     },
-    #[error("tensor {name:?} (bytes {start}..{end} of the file) lies outside the file of {len} bytes")]
+    #[error(
+        "tensor {name:?} (bytes {start}..{end} of the file) lies outside the file of {len} bytes"
+    )]
     OutOfBounds {
         name: String,
         start: u64,

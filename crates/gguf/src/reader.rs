@@ -8,6 +8,11 @@ const MAGIC: &[u8; 4] = b"GGUF";
 const DEFAULT_ALIGNMENT: u64 = 32;
 const MAX_DIMS: u32 = 4;
 const MAX_ARRAY_DEPTH: usize = 4;
+/// Most elements reserved up front from a count read from the file. Counts
+/// are only bounded by the file's length, and a multi-GB file could
+/// otherwise make us reserve several times its size before finding that the
+/// items are not there; past this, vectors grow as items really parse.
+const MAX_PREALLOC: usize = 1 << 16;
 
 /// Where a tensor lives and what it is. `shape[0]` is the innermost
 /// (contiguous) dimension, as in ggml: a weight `[n_in, n_out]` has rows of
@@ -134,7 +139,8 @@ impl GgufFile {
     /// An integer value of any width.
     pub fn u64(&self, key: &str) -> Result<u64> {
         let v = self.require(key)?;
-        v.as_u64().ok_or_else(|| Self::wrong(key, "unsigned integer", v))
+        v.as_u64()
+            .ok_or_else(|| Self::wrong(key, "unsigned integer", v))
     }
 
     /// An integer value that must fit in usize.
@@ -350,8 +356,8 @@ fn parse(buf: &[u8]) -> Result<Parsed> {
         });
     }
 
-    let mut metadata = Vec::with_capacity(n_kv_raw as usize);
-    let mut meta_index = HashMap::with_capacity(n_kv_raw as usize);
+    let mut metadata = Vec::with_capacity(prealloc(n_kv_raw));
+    let mut meta_index = HashMap::with_capacity(prealloc(n_kv_raw));
     for _ in 0..n_kv_raw {
         let key = c.string("metadata key")?;
         let ty = c.u32("metadata value type")?;
@@ -373,8 +379,8 @@ fn parse(buf: &[u8]) -> Result<Parsed> {
         }
     };
 
-    let mut tensors = Vec::with_capacity(n_tensors_raw as usize);
-    let mut tensor_index = HashMap::with_capacity(n_tensors_raw as usize);
+    let mut tensors = Vec::with_capacity(prealloc(n_tensors_raw));
+    let mut tensor_index = HashMap::with_capacity(prealloc(n_tensors_raw));
     for _ in 0..n_tensors_raw {
         let info = read_tensor_info(&mut c, alignment)?;
         if tensor_index
@@ -404,6 +410,11 @@ fn parse(buf: &[u8]) -> Result<Parsed> {
 }
 
 const MAGIC_WHAT: &str = "magic";
+
+/// Capacity to reserve for `n` items announced by the file.
+fn prealloc(n: u64) -> usize {
+    n.min(MAX_PREALLOC as u64) as usize
+}
 
 fn read_tensor_info(c: &mut Cursor<'_>, alignment: u64) -> Result<TensorInfo> {
     let name = c.string("tensor name")?;
@@ -516,7 +527,7 @@ fn read_array(c: &mut Cursor<'_>, key: &str, depth: usize) -> Result<Array> {
     macro_rules! prim {
         ($variant:ident, $size:expr, $read:expr) => {{
             let n = c.count("array element", $size)?;
-            let mut v = Vec::with_capacity(n);
+            let mut v = Vec::with_capacity(prealloc(n as u64));
             for _ in 0..n {
                 v.push($read(&mut *c)?);
             }
@@ -527,9 +538,13 @@ fn read_array(c: &mut Cursor<'_>, key: &str, depth: usize) -> Result<Array> {
         0 => prim!(U8, 1, |c: &mut Cursor| c.u8("array u8")),
         1 => prim!(I8, 1, |c: &mut Cursor| c.u8("array i8").map(|x| x as i8)),
         2 => prim!(U16, 2, |c: &mut Cursor| c.u16("array u16")),
-        3 => prim!(I16, 2, |c: &mut Cursor| c.u16("array i16").map(|x| x as i16)),
+        3 => prim!(I16, 2, |c: &mut Cursor| c
+            .u16("array i16")
+            .map(|x| x as i16)),
         4 => prim!(U32, 4, |c: &mut Cursor| c.u32("array u32")),
-        5 => prim!(I32, 4, |c: &mut Cursor| c.u32("array i32").map(|x| x as i32)),
+        5 => prim!(I32, 4, |c: &mut Cursor| c
+            .u32("array i32")
+            .map(|x| x as i32)),
         6 => prim!(F32, 4, |c: &mut Cursor| c
             .u32("array f32")
             .map(f32::from_bits)),
@@ -537,14 +552,16 @@ fn read_array(c: &mut Cursor<'_>, key: &str, depth: usize) -> Result<Array> {
         8 => prim!(String, 8, |c: &mut Cursor| c.string("array string")),
         9 => {
             let n = c.count("nested array", 12)?;
-            let mut v = Vec::with_capacity(n);
+            let mut v = Vec::with_capacity(prealloc(n as u64));
             for _ in 0..n {
                 v.push(read_array(c, key, depth + 1)?);
             }
             Array::Array(v)
         }
         10 => prim!(U64, 8, |c: &mut Cursor| c.u64("array u64")),
-        11 => prim!(I64, 8, |c: &mut Cursor| c.u64("array i64").map(|x| x as i64)),
+        11 => prim!(I64, 8, |c: &mut Cursor| c
+            .u64("array i64")
+            .map(|x| x as i64)),
         12 => prim!(F64, 8, |c: &mut Cursor| c
             .u64("array f64")
             .map(f64::from_bits)),
