@@ -1,3 +1,9 @@
-//! Runs a model on token ids: KV cache, ragged batches, sampling and the generation loop.
+//! Runs a model on token ids: paged KV cache, ragged batches, sampling and
+//! the generation loop. Text enters only through the tokenizer handed to
+//! the generation helpers; the engine never sees HTTP.
 
+mod engine;
 pub mod sampler;
+
+pub use engine::{Engine, EngineError, EngineOptions, SeqId, Step};
+pub use troupe_models::ModelConfig;

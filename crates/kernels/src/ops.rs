@@ -1,0 +1,255 @@
+//! Element-wise and row-wise f32 operations of the transformer block.
+//!
+//! Numerics follow ggml's CPU ops where that changes results visibly (sums of
+//! squares and softmax denominators in f64, GELU through an f16 table, RoPE
+//! angles advanced by repeated multiplication), so that greedy decoding agrees
+//! with llama.cpp token for token.
+
+use half::f16;
+use std::sync::OnceLock;
+
+/// `out = x / rms(x) * w`, with the sum of squares in f64 (as ggml does).
+pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    debug_assert!(x.len() == w.len() && x.len() == out.len());
+    let scale = rms_scale(x, eps);
+    for ((o, &xi), &wi) in out.iter_mut().zip(x).zip(w) {
+        *o = (xi * scale) * wi;
+    }
+}
+
+/// In-place [`rms_norm`].
+pub fn rms_norm_inplace(x: &mut [f32], w: &[f32], eps: f32) {
+    debug_assert!(x.len() == w.len());
+    let scale = rms_scale(x, eps);
+    for (xi, &wi) in x.iter_mut().zip(w) {
+        *xi = (*xi * scale) * wi;
+    }
+}
+
+fn rms_scale(x: &[f32], eps: f32) -> f32 {
+    let sum: f64 = x.iter().map(|&v| (v * v) as f64).sum();
+    let mean = (sum / x.len() as f64) as f32;
+    1.0 / (mean + eps).sqrt()
+}
+
+/// In-place softmax with the denominator summed in f64.
+pub fn softmax_inplace(x: &mut [f32]) {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    if max == f32::NEG_INFINITY {
+        x.fill(0.0);
+        return;
+    }
+    let mut sum = 0f64;
+    for v in x.iter_mut() {
+        let e = (*v - max).exp();
+        *v = e;
+        sum += e as f64;
+    }
+    let inv = (1.0 / sum) as f32;
+    for v in x.iter_mut() {
+        *v *= inv;
+    }
+}
+
+/// SiLU: `x * sigmoid(x)`.
+#[inline]
+pub fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+/// `gate = silu(gate) * up` (SwiGLU), in place over `gate`.
+pub fn swiglu_inplace(gate: &mut [f32], up: &[f32]) {
+    debug_assert!(gate.len() == up.len());
+    for (g, &u) in gate.iter_mut().zip(up) {
+        *g = silu(*g) * u;
+    }
+}
+
+const GELU_COEF_A: f32 = 0.044715;
+const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+
+/// GELU, tanh approximation, computed in f32.
+#[inline]
+pub fn gelu_tanh(x: f32) -> f32 {
+    0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + GELU_COEF_A * x * x)).tanh())
+}
+
+/// GELU as ggml evaluates it: input rounded to f16, output from a table of
+/// f16-rounded values; identity above 10 and zero below -10.
+#[inline]
+pub fn gelu_table(x: f32) -> f32 {
+    if x <= -10.0 {
+        0.0
+    } else if x >= 10.0 {
+        x
+    } else {
+        gelu_f16_table()[f16::from_f32(x).to_bits() as usize]
+    }
+}
+
+fn gelu_f16_table() -> &'static [f32] {
+    static TABLE: OnceLock<Vec<f32>> = OnceLock::new();
+    TABLE.get_or_init(|| {
+        (0..=u16::MAX)
+            .map(|bits| f16::from_f32(gelu_tanh(f16::from_bits(bits).to_f32())).to_f32())
+            .collect()
+    })
+}
+
+/// `gate = gelu(gate) * up` (GEGLU), in place over `gate`.
+pub fn geglu_inplace(gate: &mut [f32], up: &[f32]) {
+    debug_assert!(gate.len() == up.len());
+    let table = gelu_f16_table();
+    for (g, &u) in gate.iter_mut().zip(up) {
+        let x = *g;
+        *g = if x <= -10.0 {
+            0.0
+        } else if x >= 10.0 {
+            x * u
+        } else {
+            table[f16::from_f32(x).to_bits() as usize] * u
+        };
+    }
+}
+
+/// `a += b`.
+pub fn add_inplace(a: &mut [f32], b: &[f32]) {
+    debug_assert!(a.len() == b.len());
+    for (x, &y) in a.iter_mut().zip(b) {
+        *x += y;
+    }
+}
+
+/// `a *= s`.
+pub fn scale_inplace(a: &mut [f32], s: f32) {
+    for x in a.iter_mut() {
+        *x *= s;
+    }
+}
+
+/// f32 dot product (4 partial sums, so the compiler can vectorise).
+#[inline]
+pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    debug_assert!(a.len() == b.len());
+    let mut acc = [0f32; 8];
+    let chunks = a.len() / 8;
+    for c in 0..chunks {
+        for k in 0..8 {
+            acc[k] += a[c * 8 + k] * b[c * 8 + k];
+        }
+    }
+    let mut s: f32 = acc.iter().sum();
+    for i in chunks * 8..a.len() {
+        s += a[i] * b[i];
+    }
+    s
+}
+
+/// `y += a * x`.
+#[inline]
+pub fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+    debug_assert!(y.len() == x.len());
+    for (yi, &xi) in y.iter_mut().zip(x) {
+        *yi += a * xi;
+    }
+}
+
+/// How RoPE pairs up the dimensions of a head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RopeStyle {
+    /// Adjacent pairs `(x[2i], x[2i+1])` (llama arch in GGUF).
+    Normal,
+    /// Halves `(x[i], x[i + d/2])` (GPT-NeoX, Qwen2, Gemma).
+    Neox,
+}
+
+/// Fills `cache` (length `n_dims`) with `cos, sin` pairs for position `pos`,
+/// advancing the angle by repeated multiplication as ggml does.
+pub fn rope_cache(pos: f32, n_dims: usize, freq_base: f32, cache: &mut [f32]) {
+    let theta_scale = freq_base.powf(-2.0 / n_dims as f32);
+    let mut theta = pos;
+    for pair in cache[..n_dims].chunks_exact_mut(2) {
+        pair[0] = theta.cos();
+        pair[1] = theta.sin();
+        theta *= theta_scale;
+    }
+}
+
+/// Rotates the first `n_dims` dimensions of one head in place using a cache
+/// from [`rope_cache`]; the rest of the head is left as is.
+pub fn rope_apply(head: &mut [f32], n_dims: usize, cache: &[f32], style: RopeStyle) {
+    match style {
+        RopeStyle::Normal => {
+            for i in 0..n_dims / 2 {
+                let (c, s) = (cache[2 * i], cache[2 * i + 1]);
+                let (x0, x1) = (head[2 * i], head[2 * i + 1]);
+                head[2 * i] = x0 * c - x1 * s;
+                head[2 * i + 1] = x0 * s + x1 * c;
+            }
+        }
+        RopeStyle::Neox => {
+            let half = n_dims / 2;
+            for i in 0..half {
+                let (c, s) = (cache[2 * i], cache[2 * i + 1]);
+                let (x0, x1) = (head[i], head[i + half]);
+                head[i] = x0 * c - x1 * s;
+                head[i + half] = x0 * s + x1 * c;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OP_TOL: f32 = 1e-6;
+
+    #[test]
+    fn rms_norm_unit_weight_has_unit_rms() {
+        let x: Vec<f32> = (0..64).map(|i| (i as f32 - 30.0) * 0.37).collect();
+        let w = vec![1.0; 64];
+        let mut out = vec![0.0; 64];
+        rms_norm(&x, &w, 0.0, &mut out);
+        let rms = (out.iter().map(|v| v * v).sum::<f32>() / 64.0).sqrt();
+        assert!((rms - 1.0).abs() < 1e-5);
+    }
+
+    #[test]
+    fn softmax_sums_to_one_and_handles_masks() {
+        let mut x = vec![1.0, 2.0, f32::NEG_INFINITY, 3.0];
+        softmax_inplace(&mut x);
+        assert!((x.iter().sum::<f32>() - 1.0).abs() < OP_TOL);
+        assert_eq!(x[2], 0.0);
+        assert!(x[3] > x[1] && x[1] > x[0]);
+    }
+
+    #[test]
+    fn gelu_table_is_close_to_exact() {
+        for i in -2000..2000 {
+            let x = i as f32 * 0.01;
+            let d = (gelu_table(x) - gelu_tanh(x)).abs();
+            assert!(d <= 2e-2 * gelu_tanh(x).abs().max(1e-2), "{x}");
+        }
+    }
+
+    #[test]
+    fn rope_preserves_norm_and_position_zero_is_identity() {
+        let mut cache = vec![0.0; 64];
+        rope_cache(0.0, 64, 10000.0, &mut cache);
+        let x: Vec<f32> = (0..64).map(|i| i as f32).collect();
+        for style in [RopeStyle::Normal, RopeStyle::Neox] {
+            let mut h = x.clone();
+            rope_apply(&mut h, 64, &cache, style);
+            assert_eq!(h, x);
+        }
+        rope_cache(17.0, 64, 10000.0, &mut cache);
+        for style in [RopeStyle::Normal, RopeStyle::Neox] {
+            let mut h = x.clone();
+            rope_apply(&mut h, 64, &cache, style);
+            let n0: f32 = x.iter().map(|v| v * v).sum();
+            let n1: f32 = h.iter().map(|v| v * v).sum();
+            assert!((n0 - n1).abs() / n0 < 1e-5);
+        }
+    }
+}

@@ -1,0 +1,222 @@
+//! Linear layers over quantized weights, embeddings and RMSNorm.
+//!
+//! A matmul quantizes its input rows once into the weight format's
+//! `vec_dot_type` ([`QuantizedInput`]), then splits the weight rows over the
+//! pool; each weight row is read once and dotted with every token of the
+//! batch while it is hot in cache.
+
+use crate::tensor::{LoadError, MappedTensor, WeightSource};
+use troupe_gguf::GgmlType;
+use troupe_kernels::pool::{ThreadPool, UnsafeSlice};
+use troupe_kernels::{fast_ops, QuantOps};
+
+/// Weight rows handed to one thread at a time (keeps output writes of
+/// different threads on different cache lines).
+const ROW_ALIGN: usize = 16;
+
+/// `y = x W^T (+ b)` with `W` stored as `[n_out rows, n_in cols]` in any
+/// supported format.
+pub struct Linear {
+    w: MappedTensor,
+    ops: &'static QuantOps,
+    bias: Option<Vec<f32>>,
+    pub n_in: usize,
+    pub n_out: usize,
+}
+
+impl Linear {
+    /// Loads `{name}.weight` of shape `[n_in, n_out]` (ggml order) and, when
+    /// `with_bias`, `{name}.bias` of `n_out`.
+    pub fn load(
+        src: &WeightSource,
+        name: &str,
+        n_in: usize,
+        n_out: usize,
+        with_bias: bool,
+    ) -> Result<Self, LoadError> {
+        let w = src.tensor(&format!("{name}.weight"), &[n_in, n_out])?;
+        let bias = if with_bias {
+            Some(src.vector(&format!("{name}.bias"), n_out)?)
+        } else {
+            None
+        };
+        Self::from_tensor(w, bias)
+    }
+
+    /// A linear layer over an already-fetched tensor (tied embeddings).
+    pub fn from_tensor(w: MappedTensor, bias: Option<Vec<f32>>) -> Result<Self, LoadError> {
+        let (n_in, n_out) = (w.shape[0], w.shape.get(1).copied().unwrap_or(1));
+        if !n_in.is_multiple_of(w.ty.block_elems()) || w.ty == GgmlType::Q8_K {
+            return Err(LoadError::Type {
+                name: "linear weight".into(),
+                ty: w.ty,
+                why: "rows must be whole blocks of a weight format",
+            });
+        }
+        Ok(Linear {
+            ops: fast_ops(w.ty),
+            w,
+            bias,
+            n_in,
+            n_out,
+        })
+    }
+
+    /// Format the input must be quantized to.
+    pub fn input_type(&self) -> GgmlType {
+        self.ops.vec_dot_type
+    }
+
+    /// `out[t, :] = W x[t, :] + b` for every token `t` of `x` (quantized
+    /// beforehand with [`QuantizedInput::prepare`]); `out` is `[n_tokens, n_out]`.
+    pub fn forward(&self, x: &QuantizedInput, out: &mut [f32], pool: &ThreadPool) {
+        let n_tokens = x.n_tokens;
+        assert_eq!(x.cols, self.n_in, "input width mismatch");
+        assert!(out.len() >= n_tokens * self.n_out, "output too small");
+        let (xq, x_row) = x.rows(self.ops.vec_dot_type);
+        let w = self.w.bytes();
+        let w_row = w.len() / self.n_out;
+        let n_in = self.n_in;
+        let n_out = self.n_out;
+        let dot = self.ops.vec_dot;
+        let bias = self.bias.as_deref();
+        let out = UnsafeSlice::new(&mut out[..n_tokens * n_out]);
+        pool.for_ranges(n_out, ROW_ALIGN, |rows| {
+            for r in rows {
+                let wr = &w[r * w_row..(r + 1) * w_row];
+                let b = bias.map_or(0.0, |b| b[r]);
+                for t in 0..n_tokens {
+                    let v = dot(n_in, wr, &xq[t * x_row..(t + 1) * x_row]) + b;
+                    // SAFETY: each thread owns a disjoint set of rows `r`.
+                    unsafe { out.write(t * n_out + r, v) };
+                }
+            }
+        });
+    }
+}
+
+/// A batch of activation rows quantized for the weight formats that will
+/// consume them; buffers are kept between calls (no allocation per token
+/// once warmed up).
+#[derive(Default)]
+pub struct QuantizedInput {
+    bufs: Vec<(GgmlType, Vec<u8>, usize)>,
+    n_tokens: usize,
+    cols: usize,
+}
+
+impl QuantizedInput {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Quantizes `x` (`[n_tokens, cols]`) once for each distinct input type
+    /// of `layers`.
+    pub fn prepare(&mut self, x: &[f32], n_tokens: usize, cols: usize, layers: &[&Linear], pool: &ThreadPool) {
+        self.n_tokens = n_tokens;
+        self.cols = cols;
+        for b in &mut self.bufs {
+            b.2 = 0; // mark stale
+        }
+        for l in layers {
+            let ty = l.input_type();
+            let Some(row_bytes) = ty.row_bytes(cols) else {
+                continue;
+            };
+            let idx = match self.bufs.iter().position(|b| b.0 == ty) {
+                Some(i) => i,
+                None => {
+                    self.bufs.push((ty, Vec::new(), 0));
+                    self.bufs.len() - 1
+                }
+            };
+            let (_, buf, rb) = &mut self.bufs[idx];
+            if *rb == row_bytes {
+                continue; // already done for this x
+            }
+            *rb = row_bytes;
+            let need = row_bytes * n_tokens;
+            if buf.len() < need {
+                buf.resize(need, 0);
+            }
+            let quant = fast_ops(ty).from_f32;
+            let dst = UnsafeSlice::new(&mut buf[..need]);
+            pool.for_ranges(n_tokens, 1, |toks| {
+                for t in toks {
+                    // SAFETY: token rows are disjoint between threads.
+                    let d = unsafe { dst.slice_mut(t * row_bytes..(t + 1) * row_bytes) };
+                    quant(&x[t * cols..(t + 1) * cols], d);
+                }
+            });
+        }
+    }
+
+    fn rows(&self, ty: GgmlType) -> (&[u8], usize) {
+        match self.bufs.iter().find(|b| b.0 == ty && b.2 != 0) {
+            Some((_, buf, rb)) => (&buf[..rb * self.n_tokens], *rb),
+            None => panic!("input not prepared for {ty}"),
+        }
+    }
+}
+
+/// Token embedding table, dequantized row by row on lookup.
+pub struct Embedding {
+    pub table: MappedTensor,
+    ops: &'static QuantOps,
+    pub n_embd: usize,
+    pub n_vocab: usize,
+}
+
+impl Embedding {
+    pub fn load(src: &WeightSource, name: &str, n_embd: usize, n_vocab: usize) -> Result<Self, LoadError> {
+        let table = src.tensor(name, &[n_embd, n_vocab])?;
+        Ok(Embedding {
+            ops: fast_ops(table.ty),
+            table,
+            n_embd,
+            n_vocab,
+        })
+    }
+
+    /// Writes the embedding of each token into `out` (`[tokens.len(), n_embd]`).
+    /// Token ids must be `< n_vocab` (checked by the batch builder).
+    pub fn forward(&self, tokens: &[u32], out: &mut [f32]) {
+        let bytes = self.table.bytes();
+        let row = bytes.len() / self.n_vocab;
+        for (t, &id) in tokens.iter().enumerate() {
+            let id = id as usize;
+            (self.ops.to_f32)(&bytes[id * row..(id + 1) * row], &mut out[t * self.n_embd..(t + 1) * self.n_embd]);
+        }
+    }
+}
+
+/// RMS normalisation with a learned scale.
+pub struct RmsNorm {
+    pub w: Vec<f32>,
+    pub eps: f32,
+}
+
+impl RmsNorm {
+    pub fn load(src: &WeightSource, name: &str, n: usize, eps: f32) -> Result<Self, LoadError> {
+        Ok(RmsNorm {
+            w: src.vector(&format!("{name}.weight"), n)?,
+            eps,
+        })
+    }
+
+    /// Normalises each row of `x` (`[rows, n]`) into `out`.
+    pub fn forward(&self, x: &[f32], out: &mut [f32]) {
+        let n = self.w.len();
+        for (xr, or) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
+            troupe_kernels::ops::rms_norm(xr, &self.w, self.eps, or);
+        }
+    }
+
+    /// Normalises each row of `x` in place.
+    pub fn forward_inplace(&self, x: &mut [f32]) {
+        let n = self.w.len();
+        for xr in x.chunks_exact_mut(n) {
+            troupe_kernels::ops::rms_norm_inplace(xr, &self.w, self.eps);
+        }
+    }
+}
