@@ -11,6 +11,7 @@ use troupe_gguf::GgmlType;
 pub mod bf16;
 pub mod f16;
 pub mod f32;
+pub(crate) mod kquant_simd;
 pub mod q4_0;
 pub mod q4_1;
 pub mod q4_k;
@@ -21,6 +22,7 @@ pub mod q6_k;
 pub mod q8_0;
 pub mod q8_1;
 pub mod q8_k;
+pub(crate) mod simd;
 
 /// The operations of one tensor format, as plain function pointers so that a
 /// matmul picks its kernel once and calls it per row.
