@@ -3,7 +3,9 @@
 //! the generation helpers; the engine never sees HTTP.
 
 mod engine;
+mod generate;
 pub mod sampler;
 
 pub use engine::{Engine, EngineError, EngineOptions, SeqId, Step};
+pub use generate::{generate, FinishReason, Flow, GenerateError, GenerateParams, Generation};
 pub use troupe_models::ModelConfig;

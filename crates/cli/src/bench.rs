@@ -1,0 +1,120 @@
+//! `troupe bench`: prefill and decode throughput, median of repetitions,
+//! in the shape of llama-bench's pp/tg tests.
+
+use crate::ModelArgs;
+use anyhow::Result;
+use clap::Args;
+use std::path::Path;
+use std::time::Instant;
+use troupe_engine::Step;
+
+#[derive(Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Prompt length of the prefill test.
+    #[arg(long, default_value_t = 512)]
+    prompt_tokens: usize,
+    /// Tokens of the decode test.
+    #[arg(long, default_value_t = 128)]
+    gen_tokens: usize,
+    /// Repetitions (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    reps: usize,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        return 0.0;
+    }
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+pub fn run(data: &Path, a: BenchArgs) -> Result<()> {
+    let mut margs = a.model.clone();
+    margs.ctx_size = margs.ctx_size.max(a.prompt_tokens + a.gen_tokens + 1);
+    let mut m = crate::load::Loaded::open(data, &margs)?;
+    let n_vocab = m.engine.config().n_vocab as u64;
+    // Deterministic pseudo-random tokens, like llama-bench's.
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let mut tokens = Vec::with_capacity(a.prompt_tokens);
+    for _ in 0..a.prompt_tokens {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        tokens.push((x % n_vocab) as u32);
+    }
+    let reps = a.reps.max(1);
+    let (mut pp, mut tg) = (Vec::new(), Vec::new());
+    // One warm-up of each test, not counted.
+    for rep in 0..=reps {
+        let seq = m.engine.new_sequence();
+        let t = Instant::now();
+        m.engine.prefill(seq, &tokens)?;
+        let pp_s = t.elapsed().as_secs_f64();
+        m.engine.free_sequence(seq);
+
+        let seq = m.engine.new_sequence();
+        let mut next = tokens[0];
+        let t = Instant::now();
+        for _ in 0..a.gen_tokens {
+            m.engine.step(&[Step {
+                seq,
+                tokens: &[next],
+                logits: true,
+            }])?;
+            let l = m.engine.logits(0).unwrap_or(&[]);
+            next = l.iter().enumerate().fold((0, f32::MIN), |b, (i, &v)| if v > b.1 { (i, v) } else { b }).0 as u32;
+        }
+        let tg_s = t.elapsed().as_secs_f64();
+        m.engine.free_sequence(seq);
+        if rep > 0 {
+            pp.push(a.prompt_tokens as f64 / pp_s);
+            tg.push(a.gen_tokens as f64 / tg_s);
+        }
+        if !a.json {
+            eprintln!(
+                "{} pp{} {:.1} tok/s, tg{} {:.1} tok/s",
+                if rep == 0 { "warm-up" } else { "rep" },
+                a.prompt_tokens,
+                a.prompt_tokens as f64 / pp_s,
+                a.gen_tokens,
+                a.gen_tokens as f64 / tg_s
+            );
+        }
+    }
+    let (pp_runs, tg_runs) = (pp.clone(), tg.clone());
+    let prefill = median(&mut pp);
+    let decode = median(&mut tg);
+    let model = m.path.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+    if a.json {
+        let v = serde_json::json!({
+            "model": model,
+            "threads": m.engine.n_threads(),
+            "isa": troupe_kernels::cpu::best().name(),
+            "prompt_tokens": a.prompt_tokens,
+            "gen_tokens": a.gen_tokens,
+            "reps": reps,
+            "prefill_tok_s": prefill,
+            "decode_tok_s": decode,
+            "prefill_runs": pp_runs,
+            "decode_runs": tg_runs,
+        });
+        println!("{v}");
+    } else {
+        println!("| model | threads | test | tok/s (median of {reps}) |");
+        println!("|---|---|---|---|");
+        println!("| {model} | {} | pp{} | {prefill:.1} |", m.engine.n_threads(), a.prompt_tokens);
+        println!("| {model} | {} | tg{} | {decode:.1} |", m.engine.n_threads(), a.gen_tokens);
+    }
+    Ok(())
+}
