@@ -112,8 +112,16 @@ impl ThreadPool {
             }
         }
         let mine = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(0, n)));
+        // Spin briefly, then yield: on an oversubscribed machine a worker may
+        // be waiting for this very core.
+        let mut spins = 0u32;
         while s.remaining.load(Ordering::Acquire) != 0 {
-            std::hint::spin_loop();
+            spins += 1;
+            if spins < SPIN_BEFORE_PARK {
+                std::hint::spin_loop();
+            } else {
+                thread::yield_now();
+            }
         }
         // SAFETY: all workers are done with the job.
         unsafe { *s.job.get() = None };
