@@ -135,7 +135,12 @@ impl ThreadPool {
 
     /// Splits `0..n_items` into one contiguous range per thread, in chunks of
     /// `align` items (the last range takes the rest), and runs `f` on each.
-    pub fn for_ranges<F: Fn(std::ops::Range<usize>) + Sync>(&self, n_items: usize, align: usize, f: F) {
+    pub fn for_ranges<F: Fn(std::ops::Range<usize>) + Sync>(
+        &self,
+        n_items: usize,
+        align: usize,
+        f: F,
+    ) {
         let align = align.max(1);
         self.run(|i, n| {
             let r = split_range(n_items, align, i, n);
@@ -205,7 +210,9 @@ impl<'a, T> UnsafeSlice<'a, T> {
     pub unsafe fn slice_mut(&self, range: std::ops::Range<usize>) -> &mut [T] {
         debug_assert!(range.start <= range.end && range.end <= self.len);
         // SAFETY: guaranteed by the caller.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(range.start), range.end - range.start) }
+        unsafe {
+            std::slice::from_raw_parts_mut(self.ptr.add(range.start), range.end - range.start)
+        }
     }
 }
 
@@ -215,11 +222,17 @@ pub fn default_threads() -> usize {
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
         .filter(|&n| n > 0)
-        .unwrap_or_else(|| thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
+        .unwrap_or_else(|| {
+            thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        })
 }
 
 fn worker_loop(s: &Shared, idx: usize) {
-    let mut seen = s.generation.load(Ordering::SeqCst);
+    // Start from the pool's first generation, not the current one: a job
+    // published before this thread got scheduled must still be run by it.
+    let mut seen = 0;
     loop {
         let mut spins = 0u32;
         loop {
@@ -247,7 +260,9 @@ fn worker_loop(s: &Shared, idx: usize) {
         // and `run` keeps the job alive until `remaining` reaches zero.
         if let Some(job) = unsafe { *s.job.get() } {
             let n = s.n_threads.load(Ordering::Relaxed);
-            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| unsafe { (*job)(idx, n) }));
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| unsafe {
+                (*job)(idx, n)
+            }));
             if r.is_err() {
                 s.panicked.store(true, Ordering::SeqCst);
             }
