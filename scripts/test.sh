@@ -10,11 +10,11 @@ step "format"
 cargo fmt --all --check
 
 step "build"
-cargo build --release -p troupe
+cargo build -p troupe
 
 step "models"
 for m in smollm2-135m qwen2.5-coder-0.5b gemma3-270m; do
-  ./target/release/troupe pull "$m"
+  ./target/debug/troupe pull "$m"
 done
 
 step "clippy"

@@ -216,7 +216,10 @@ fn generate(data: &std::path::Path, a: GenerateArgs) -> Result<()> {
             troupe_engine::Flow::Stop
         }
     })?;
-    writeln!(lock)?;
+    // Only the generated text goes to a pipe; a terminal gets a final newline.
+    if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        writeln!(lock)?;
+    }
     eprintln!(
         "[{} prompt tokens, {} generated, finish: {}; prefill {:.1} tok/s, decode {:.1} tok/s]",
         prompt_ids.len(),
