@@ -73,7 +73,11 @@ pub fn run(data: &Path, a: BenchArgs) -> Result<()> {
                 logits: true,
             }])?;
             let l = m.engine.logits(0).unwrap_or(&[]);
-            next = l.iter().enumerate().fold((0, f32::MIN), |b, (i, &v)| if v > b.1 { (i, v) } else { b }).0 as u32;
+            next = l
+                .iter()
+                .enumerate()
+                .fold((0, f32::MIN), |b, (i, &v)| if v > b.1 { (i, v) } else { b })
+                .0 as u32;
         }
         let tg_s = t.elapsed().as_secs_f64();
         m.engine.free_sequence(seq);
@@ -95,7 +99,11 @@ pub fn run(data: &Path, a: BenchArgs) -> Result<()> {
     let (pp_runs, tg_runs) = (pp.clone(), tg.clone());
     let prefill = median(&mut pp);
     let decode = median(&mut tg);
-    let model = m.path.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+    let model = m
+        .path
+        .file_name()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_default();
     if a.json {
         let v = serde_json::json!({
             "model": model,
@@ -113,8 +121,16 @@ pub fn run(data: &Path, a: BenchArgs) -> Result<()> {
     } else {
         println!("| model | threads | test | tok/s (median of {reps}) |");
         println!("|---|---|---|---|");
-        println!("| {model} | {} | pp{} | {prefill:.1} |", m.engine.n_threads(), a.prompt_tokens);
-        println!("| {model} | {} | tg{} | {decode:.1} |", m.engine.n_threads(), a.gen_tokens);
+        println!(
+            "| {model} | {} | pp{} | {prefill:.1} |",
+            m.engine.n_threads(),
+            a.prompt_tokens
+        );
+        println!(
+            "| {model} | {} | tg{} | {decode:.1} |",
+            m.engine.n_threads(),
+            a.gen_tokens
+        );
     }
     Ok(())
 }

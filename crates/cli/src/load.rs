@@ -31,13 +31,23 @@ pub struct Loaded {
 impl Loaded {
     pub fn open(data: &Path, a: &ModelArgs) -> Result<Self> {
         let path = resolve(data, &a.model)?;
-        let file = Arc::new(GgufFile::open(&path).with_context(|| format!("loading {}", path.display()))?);
+        let file =
+            Arc::new(GgufFile::open(&path).with_context(|| format!("loading {}", path.display()))?);
         warm(&file);
         let tok = Tokenizer::from_gguf(&file).context("reading the tokenizer")?;
-        let bos = tok.bos().and_then(|id| tok.token_text(id)).unwrap_or("").to_string();
-        let eos = tok.eos().and_then(|id| tok.token_text(id)).unwrap_or("").to_string();
+        let bos = tok
+            .bos()
+            .and_then(|id| tok.token_text(id))
+            .unwrap_or("")
+            .to_string();
+        let eos = tok
+            .eos()
+            .and_then(|id| tok.token_text(id))
+            .unwrap_or("")
+            .to_string();
         let source = file.opt_str("tokenizer.chat_template")?;
-        let template = ChatTemplate::from_metadata(source, &bos, &eos).context("compiling the chat template")?;
+        let template = ChatTemplate::from_metadata(source, &bos, &eos)
+            .context("compiling the chat template")?;
         if source.is_none() {
             eprintln!("note: the model has no chat template; using ChatML");
         }
@@ -45,7 +55,9 @@ impl Loaded {
         let opts = EngineOptions {
             n_ctx: a.ctx_size,
             kv_positions: a.ctx_size,
-            n_threads: a.threads.unwrap_or_else(troupe_kernels::pool::default_threads),
+            n_threads: a
+                .threads
+                .unwrap_or_else(troupe_kernels::pool::default_threads),
             ..EngineOptions::default()
         };
         let engine = Engine::new(model, opts);

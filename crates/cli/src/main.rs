@@ -12,7 +12,11 @@ use std::path::PathBuf;
 use troupe_engine::sampler::SamplingParams;
 
 #[derive(Parser)]
-#[command(name = "troupe", version, about = "Troupe: self-hosted chat models on your own machines")]
+#[command(
+    name = "troupe",
+    version,
+    about = "Troupe: self-hosted chat models on your own machines"
+)]
 struct Cli {
     /// Data directory (models live in DATA/models); default $TROUPE_DATA,
     /// then $XDG_DATA_HOME/troupe, then ~/.local/share/troupe.
@@ -165,7 +169,11 @@ fn run(cli: Cli) -> Result<()> {
             let pulled = troupe_hub::pull(&name, &data, &opts)?;
             eprintln!(
                 "{} {}",
-                if pulled.downloaded { "pulled" } else { "already present:" },
+                if pulled.downloaded {
+                    "pulled"
+                } else {
+                    "already present:"
+                },
                 pulled.path.display()
             );
             Ok(())
@@ -194,9 +202,13 @@ fn generate(data: &std::path::Path, a: GenerateArgs) -> Result<()> {
     let prompt_ids = if a.raw {
         m.tok.encode(&a.prompt, true, true)
     } else {
-        let text = m
-            .template
-            .render(&[troupe_tokenizer::chat::Message::new("user", a.prompt.clone())], true)?;
+        let text = m.template.render(
+            &[troupe_tokenizer::chat::Message::new(
+                "user",
+                a.prompt.clone(),
+            )],
+            true,
+        )?;
         m.encode_rendered(&text)
     };
     let params = troupe_engine::GenerateParams {
@@ -209,7 +221,10 @@ fn generate(data: &std::path::Path, a: GenerateArgs) -> Result<()> {
     let stdout = std::io::stdout();
     let mut lock = stdout.lock();
     let g = troupe_engine::generate(&mut m.engine, &m.tok, seq, &prompt_ids, &params, &mut |s| {
-        let ok = lock.write_all(s.as_bytes()).and_then(|_| lock.flush()).is_ok();
+        let ok = lock
+            .write_all(s.as_bytes())
+            .and_then(|_| lock.flush())
+            .is_ok();
         if ok {
             troupe_engine::Flow::Continue
         } else {

@@ -16,7 +16,11 @@ fn model() -> String {
 }
 
 fn stdout(o: &Output) -> String {
-    assert!(o.status.success(), "failed: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     String::from_utf8(o.stdout.clone()).expect("utf-8 stdout")
 }
 
@@ -30,7 +34,18 @@ fn tokenize_prints_llama_cpp_ids() {
 #[test]
 fn raw_greedy_generation_writes_only_the_text() {
     let m = model();
-    let o = troupe(&["generate", "-m", &m, "--raw", "-p", "The capital of France is", "-n", "4", "--temp", "0"]);
+    let o = troupe(&[
+        "generate",
+        "-m",
+        &m,
+        "--raw",
+        "-p",
+        "The capital of France is",
+        "-n",
+        "4",
+        "--temp",
+        "0",
+    ]);
     // llama.cpp's greedy continuation: " Paris.\n\n"
     assert_eq!(stdout(&o), " Paris.\n\n");
     assert!(String::from_utf8_lossy(&o.stderr).contains("4 generated"));
@@ -39,21 +54,57 @@ fn raw_greedy_generation_writes_only_the_text() {
 #[test]
 fn same_seed_same_text_and_chat_template_stops_at_end_of_turn() {
     let m = model();
-    let args = ["generate", "-m", &m, "-p", "Tell me a joke.", "-n", "24", "--temp", "0.9", "--seed", "7"];
+    let args = [
+        "generate",
+        "-m",
+        &m,
+        "-p",
+        "Tell me a joke.",
+        "-n",
+        "24",
+        "--temp",
+        "0.9",
+        "--seed",
+        "7",
+    ];
     let a = stdout(&troupe(&args));
     let b = stdout(&troupe(&args));
     assert_eq!(a, b);
     assert!(!a.contains("<|im_end|>"));
-    let o = troupe(&["generate", "-m", &m, "-p", "What is 2+2? Answer with one number.", "-n", "64", "--temp", "0"]);
+    let o = troupe(&[
+        "generate",
+        "-m",
+        &m,
+        "-p",
+        "What is 2+2? Answer with one number.",
+        "-n",
+        "64",
+        "--temp",
+        "0",
+    ]);
     stdout(&o);
-    assert!(String::from_utf8_lossy(&o.stderr).contains("finish: stop"), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("finish: stop"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 #[test]
 fn chat_reads_turns_until_exit() {
     let m = model();
     let mut child = Command::new(env!("CARGO_BIN_EXE_troupe"))
-        .args(["chat", "-m", &m, "--temp", "0", "-n", "16", "--system", "You are terse."])
+        .args([
+            "chat",
+            "-m",
+            &m,
+            "--temp",
+            "0",
+            "-n",
+            "16",
+            "--system",
+            "You are terse.",
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -67,13 +118,27 @@ fn chat_reads_turns_until_exit() {
         .expect("write");
     let o = child.wait_with_output().expect("wait");
     let text = stdout(&o);
-    assert!(text.lines().filter(|l| !l.trim().is_empty()).count() >= 2, "{text}");
+    assert!(
+        text.lines().filter(|l| !l.trim().is_empty()).count() >= 2,
+        "{text}"
+    );
 }
 
 #[test]
 fn bench_json_has_the_figures() {
     let m = model();
-    let o = troupe(&["bench", "-m", &m, "--prompt-tokens", "32", "--gen-tokens", "4", "--reps", "1", "--json"]);
+    let o = troupe(&[
+        "bench",
+        "-m",
+        &m,
+        "--prompt-tokens",
+        "32",
+        "--gen-tokens",
+        "4",
+        "--reps",
+        "1",
+        "--json",
+    ]);
     let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).expect("json");
     assert!(v["prefill_tok_s"].as_f64().expect("prefill") > 0.0);
     assert!(v["decode_tok_s"].as_f64().expect("decode") > 0.0);
@@ -83,7 +148,8 @@ fn bench_json_has_the_figures() {
 fn bad_models_are_clear_errors() {
     let o = troupe(&["generate", "-m", "/nonexistent/model.gguf", "-p", "hi"]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("neither an existing model file nor a catalog name"));
+    assert!(String::from_utf8_lossy(&o.stderr)
+        .contains("neither an existing model file nor a catalog name"));
     let dir = std::env::temp_dir().join(format!("troupe-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("tmp");
     let bad = dir.join("truncated.gguf");

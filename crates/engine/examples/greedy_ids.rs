@@ -15,7 +15,10 @@ fn argmax(x: &[f32]) -> u32 {
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     let n: usize = args[2].parse()?;
-    let ids: Vec<u32> = args[3..].iter().map(|s| s.parse()).collect::<Result<_, _>>()?;
+    let ids: Vec<u32> = args[3..]
+        .iter()
+        .map(|s| s.parse())
+        .collect::<Result<_, _>>()?;
     let mut e = Engine::load(std::path::Path::new(&args[1]), EngineOptions::default())?;
     let seq = e.new_sequence();
     let t0 = std::time::Instant::now();
@@ -23,7 +26,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let t1 = std::time::Instant::now();
     let mut out = vec![next];
     for _ in 1..n {
-        e.step(&[troupe_engine::Step { seq, tokens: &[next], logits: true }])?;
+        e.step(&[troupe_engine::Step {
+            seq,
+            tokens: &[next],
+            logits: true,
+        }])?;
         next = argmax(e.logits(0).ok_or("no logits")?);
         out.push(next);
     }

@@ -143,7 +143,9 @@ pub fn generate(
             tokens: &[next],
             logits: true,
         }])?;
-        let logits = engine.logits(0).ok_or(EngineError::Batch(troupe_models::BatchError::Empty))?;
+        let logits = engine
+            .logits(0)
+            .ok_or(EngineError::Batch(troupe_models::BatchError::Empty))?;
         next = sampler.sample(logits, &history);
     }
     if out.finish != FinishReason::Stop || !stops.hit {
@@ -238,13 +240,19 @@ mod tests {
 
     #[test]
     fn stop_string_split_across_pieces() {
-        assert_eq!(run(&["\nUser:"], &["Hello", "\nUs", "er:", " more"]), ("Hello".into(), true));
+        assert_eq!(
+            run(&["\nUser:"], &["Hello", "\nUs", "er:", " more"]),
+            ("Hello".into(), true)
+        );
     }
 
     #[test]
     fn near_miss_is_released() {
         assert_eq!(run(&["END"], &["the EN", "D"]), ("the ".into(), true));
-        assert_eq!(run(&["END"], &["the EN", "d of it"]), ("the ENd of it".into(), false));
+        assert_eq!(
+            run(&["END"], &["the EN", "d of it"]),
+            ("the ENd of it".into(), false)
+        );
     }
 
     #[test]

@@ -14,7 +14,9 @@ use troupe_tokenizer::Tokenizer;
 const GREEDY_COMPARE: usize = 32;
 
 fn fixture(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures").join(rel)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures")
+        .join(rel)
 }
 
 fn argmax(x: &[f32]) -> u32 {
@@ -64,7 +66,8 @@ fn greedy_matches_llama_cpp(name: &str) {
     for case in cases {
         let cname = case["name"].as_str().unwrap_or("?");
         let prompt = case["prompt"].as_str().expect("prompt");
-        let want_prompt: Vec<u32> = serde_json::from_value(case["prompt_tokens"].clone()).expect("ids");
+        let want_prompt: Vec<u32> =
+            serde_json::from_value(case["prompt_tokens"].clone()).expect("ids");
         let want: Vec<u32> = serde_json::from_value(case["tokens"].clone()).expect("ids");
         let ours = tok.encode(prompt, true, true);
         if ours != want_prompt {
@@ -114,7 +117,13 @@ fn greedy_matches_llama_cpp(name: &str) {
         cases.len(),
         ties.join("\n  ")
     );
-    assert!(failures.is_empty(), "{} of {} cases differ:\n{}", failures.len(), cases.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases differ:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -140,23 +149,38 @@ const LOGIT_COSINE_MIN: f64 = 0.9995;
 
 fn logits_match_reference(name: &str) {
     let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let meta: Value =
-        serde_json::from_str(&std::fs::read_to_string(fixture(&format!("reference/{name}.json"))).expect("fixture"))
-            .expect("json");
+    let meta: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture(&format!("reference/{name}.json"))).expect("fixture"),
+    )
+    .expect("json");
     let raw = std::fs::read(fixture(&format!("reference/{name}.logits.f32"))).expect("logits file");
-    let want: Vec<f32> = raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    let want: Vec<f32> = raw
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
     let ids: Vec<u32> = serde_json::from_value(meta["token_ids"].clone()).expect("ids");
     let (mut engine, _) = load(name);
     let seq = engine.new_sequence();
     let got = engine.prefill(seq, &ids).expect("prefill").to_vec();
     assert_eq!(got.len(), want.len());
-    let max_abs = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-    let dot: f64 = got.iter().zip(&want).map(|(&a, &b)| a as f64 * b as f64).sum();
+    let max_abs = got
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    let dot: f64 = got
+        .iter()
+        .zip(&want)
+        .map(|(&a, &b)| a as f64 * b as f64)
+        .sum();
     let na: f64 = got.iter().map(|&a| (a as f64).powi(2)).sum::<f64>().sqrt();
     let nb: f64 = want.iter().map(|&b| (b as f64).powi(2)).sum::<f64>().sqrt();
     let cos = dot / (na * nb);
     eprintln!("{name}: max |Δlogit| = {max_abs:.4}, cosine = {cos:.6}");
-    assert!(max_abs <= LOGIT_MAX_ABS_TOL, "max |Δlogit| {max_abs} > {LOGIT_MAX_ABS_TOL}");
+    assert!(
+        max_abs <= LOGIT_MAX_ABS_TOL,
+        "max |Δlogit| {max_abs} > {LOGIT_MAX_ABS_TOL}"
+    );
     assert!(cos >= LOGIT_COSINE_MIN, "cosine {cos} < {LOGIT_COSINE_MIN}");
     assert_eq!(argmax(&got), argmax(&want), "argmax differs");
 }
