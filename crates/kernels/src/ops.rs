@@ -51,18 +51,131 @@ pub fn softmax_inplace(x: &mut [f32]) {
     }
 }
 
-/// SiLU: `x * sigmoid(x)`.
+/// `e^x` exactly as ggml's AVX2 `ggml_v_expf` computes one lane: a
+/// range reduction by `ln 2` split in two constants, a degree-5 polynomial,
+/// and the exponent patched into the bits (ARM's optimized-routines
+/// algorithm). Within 1.5 ulp of `expf`, but not always equal to it, so the
+/// ops ggml vectorises must use this to agree bit for bit.
+#[inline]
+pub fn ggml_v_expf(x: f32) -> f32 {
+    let r = f32::from_bits(0x4b40_0000); // 0x1.8p23
+    let z = x.mul_add(f32::from_bits(0x3fb8_aa3b), r); // log2(e)
+    let n = z - r;
+    let b = (-n).mul_add(
+        f32::from_bits(0x35bf_be8e),
+        (-n).mul_add(f32::from_bits(0x3f31_7200), x),
+    );
+    let e = z.to_bits() << 23;
+    let k = f32::from_bits(e.wrapping_add(1f32.to_bits()));
+    let u = b * b;
+    let j = f32::from_bits(0x3c07_2010)
+        .mul_add(b, f32::from_bits(0x3d2b_9f17))
+        .mul_add(
+            u,
+            f32::from_bits(0x3e2a_af33).mul_add(b, f32::from_bits(0x3eff_fedb)),
+        )
+        .mul_add(u, f32::from_bits(0x3f7f_fff6) * b);
+    let an = n.abs();
+    // ggml's ordered `> 126` is false for NaN, so NaN takes this path too.
+    if an.is_nan() || an <= 126.0 {
+        return j.mul_add(k, k);
+    }
+    let g: u32 = if n <= 0.0 { 0x8200_0000 } else { 0 };
+    let s1 = f32::from_bits(g.wrapping_add(0x7f00_0000));
+    let s2 = f32::from_bits(e.wrapping_sub(g));
+    if an > 192.0 {
+        s1 * s1
+    } else {
+        s2.mul_add(j, s2) * s1
+    }
+}
+
+/// SiLU as ggml's vector path computes it: `x / (1 + ggml_v_expf(-x))`.
 #[inline]
 pub fn silu(x: f32) -> f32 {
+    x / (1.0 + ggml_v_expf(-x))
+}
+
+/// SiLU as ggml's scalar leftovers compute it, with libm `expf`.
+#[inline]
+fn silu_libm(x: f32) -> f32 {
     x / (1.0 + (-x).exp())
 }
 
-/// `gate = silu(gate) * up` (SwiGLU), in place over `gate`.
+/// Lanes of ggml's AVX2 f32 vectors; element-wise ops use the vector
+/// formula on whole groups of this many and the scalar one on the rest.
+const GGML_F32_LANES: usize = 8;
+
+/// `gate = silu(gate) * up` (SwiGLU), in place over `gate`, following
+/// `ggml_vec_swiglu_f32` on AVX2 (vector exp on groups of 8, libm on the
+/// tail).
 pub fn swiglu_inplace(gate: &mut [f32], up: &[f32]) {
     debug_assert!(gate.len() == up.len());
-    for (g, &u) in gate.iter_mut().zip(up) {
+    let n_vec = gate.len() / GGML_F32_LANES * GGML_F32_LANES;
+    let (gv, gt) = gate.split_at_mut(n_vec);
+    let (uv, ut) = up.split_at(n_vec);
+    for (g, &u) in gv.iter_mut().zip(uv) {
         *g = silu(*g) * u;
     }
+    for (g, &u) in gt.iter_mut().zip(ut) {
+        *g = silu_libm(*g) * u;
+    }
+}
+
+/// `exp(x[i] - max)` into `x`, returning the sum as ggml's AVX2
+/// `ggml_vec_soft_max_f32` forms it: each group of 8 is reduced in f32
+/// (`(v0+v4 + v2+v6) + (v1+v5 + v3+v7)`) and the group sums added in f64;
+/// the tail uses libm `expf`.
+pub fn ggml_soft_max_exp(x: &mut [f32], max: f32) -> f64 {
+    let mut sum = 0f64;
+    let n_vec = x.len() / GGML_F32_LANES * GGML_F32_LANES;
+    let (xv, xt) = x.split_at_mut(n_vec);
+    for c in xv.chunks_exact_mut(GGML_F32_LANES) {
+        for v in c.iter_mut() {
+            *v = ggml_v_expf(*v - max);
+        }
+        let h: [f32; 4] = std::array::from_fn(|l| c[l + 4] + c[l]);
+        sum += ((h[0] + h[2]) + (h[1] + h[3])) as f64;
+    }
+    for v in xt.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v as f64;
+    }
+    sum
+}
+
+/// Dot product of two f16-valued vectors (given as f32) in the order of
+/// ggml's AVX2 `ggml_vec_dot_f16`: four 8-lane FMA accumulators over steps
+/// of 32, a fixed tree reduction, and the tail added in f64.
+pub fn dot_f16_ggml(x: &[f32], y: &[f32]) -> f32 {
+    debug_assert!(x.len() == y.len());
+    const STEP: usize = 32;
+    let np = x.len() / STEP * STEP;
+    let mut acc = [[0f32; 8]; 4];
+    for (xs, ys) in x[..np].chunks_exact(STEP).zip(y[..np].chunks_exact(STEP)) {
+        for (j, a) in acc.iter_mut().enumerate() {
+            for (l, al) in a.iter_mut().enumerate() {
+                *al = xs[j * 8 + l].mul_add(ys[j * 8 + l], *al);
+            }
+        }
+    }
+    let s: [f32; 8] = std::array::from_fn(|l| (acc[0][l] + acc[2][l]) + (acc[1][l] + acc[3][l]));
+    let t: [f32; 4] = std::array::from_fn(|l| s[l] + s[l + 4]);
+    let mut sum = ((t[0] + t[1]) + (t[2] + t[3])) as f64;
+    for (&a, &b) in x[np..].iter().zip(&y[np..]) {
+        sum += (a * b) as f64;
+    }
+    sum as f32
+}
+
+/// Dot product as one sequential FMA chain from zero, the order of
+/// ggml's `simd_gemm` (each output element accumulates along K in turn).
+#[inline]
+pub fn dot_fma_chain(x: &[f32], y: &[f32]) -> f32 {
+    debug_assert!(x.len() == y.len());
+    x.iter()
+        .zip(y)
+        .fold(0f32, |acc, (&a, &b)| a.mul_add(b, acc))
 }
 
 const GELU_COEF_A: f32 = 0.044715;
@@ -175,6 +288,19 @@ pub fn rope_cache(pos: f32, n_dims: usize, freq_base: f32, cache: &mut [f32]) {
     }
 }
 
+/// `x0*cos - x1*sin` as GCC contracts ggml's `rotate_pairs`: the first
+/// product fused, the second rounded.
+#[inline]
+fn rot0(x0: f32, x1: f32, c: f32, s: f32) -> f32 {
+    x0.mul_add(c, -(x1 * s))
+}
+
+/// `x0*sin + x1*cos`, contracted the same way as [`rot0`].
+#[inline]
+fn rot1(x0: f32, x1: f32, c: f32, s: f32) -> f32 {
+    x0.mul_add(s, x1 * c)
+}
+
 /// Rotates the first `n_dims` dimensions of one head in place using a cache
 /// from [`rope_cache`]; the rest of the head is left as is.
 pub fn rope_apply(head: &mut [f32], n_dims: usize, cache: &[f32], style: RopeStyle) {
@@ -183,8 +309,8 @@ pub fn rope_apply(head: &mut [f32], n_dims: usize, cache: &[f32], style: RopeSty
             for i in 0..n_dims / 2 {
                 let (c, s) = (cache[2 * i], cache[2 * i + 1]);
                 let (x0, x1) = (head[2 * i], head[2 * i + 1]);
-                head[2 * i] = x0 * c - x1 * s;
-                head[2 * i + 1] = x0 * s + x1 * c;
+                head[2 * i] = rot0(x0, x1, c, s);
+                head[2 * i + 1] = rot1(x0, x1, c, s);
             }
         }
         RopeStyle::Neox => {
@@ -192,8 +318,8 @@ pub fn rope_apply(head: &mut [f32], n_dims: usize, cache: &[f32], style: RopeSty
             for i in 0..half {
                 let (c, s) = (cache[2 * i], cache[2 * i + 1]);
                 let (x0, x1) = (head[i], head[i + half]);
-                head[i] = x0 * c - x1 * s;
-                head[i + half] = x0 * s + x1 * c;
+                head[i] = rot0(x0, x1, c, s);
+                head[i + half] = rot1(x0, x1, c, s);
             }
         }
     }

@@ -63,7 +63,9 @@ impl ModelConfig {
         let key = |k: &str| format!("{arch_name}.{k}");
         let n_embd = f.usize(&key("embedding_length"))?;
         let n_head = f.usize(&key("attention.head_count"))?;
-        let n_head_kv = f.opt_usize(&key("attention.head_count_kv"))?.unwrap_or(n_head);
+        let n_head_kv = f
+            .opt_usize(&key("attention.head_count_kv"))?
+            .unwrap_or(n_head);
         if n_head == 0 || n_head_kv == 0 || !n_head.is_multiple_of(n_head_kv) {
             return Err(LoadError::Param(format!(
                 "head counts {n_head}/{n_head_kv} are not a whole grouping"
@@ -72,20 +74,30 @@ impl ModelConfig {
         let head_dim = match f.opt_usize(&key("attention.key_length"))? {
             Some(d) => d,
             None if n_embd.is_multiple_of(n_head) => n_embd / n_head,
-            None => return Err(LoadError::Param("embedding width is not a multiple of the head count".into())),
+            None => {
+                return Err(LoadError::Param(
+                    "embedding width is not a multiple of the head count".into(),
+                ))
+            }
         };
         if let Some(v) = f.opt_usize(&key("attention.value_length"))? {
             if v != head_dim {
-                return Err(LoadError::Param(format!("value width {v} differs from key width {head_dim}")));
+                return Err(LoadError::Param(format!(
+                    "value width {v} differs from key width {head_dim}"
+                )));
             }
         }
         let n_vocab = match f.opt_usize(&key("vocab_size"))? {
             Some(n) => n,
             None => f.str_array("tokenizer.ggml.tokens")?.len(),
         };
-        let rope_dims = f.opt_usize(&key("rope.dimension_count"))?.unwrap_or(head_dim);
+        let rope_dims = f
+            .opt_usize(&key("rope.dimension_count"))?
+            .unwrap_or(head_dim);
         if rope_dims > head_dim || !rope_dims.is_multiple_of(2) {
-            return Err(LoadError::Param(format!("rope dimension count {rope_dims} is invalid")));
+            return Err(LoadError::Param(format!(
+                "rope dimension count {rope_dims} is invalid"
+            )));
         }
         let cfg = ModelConfig {
             arch,

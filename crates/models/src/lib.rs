@@ -10,8 +10,8 @@ mod llama;
 mod qwen2;
 mod workspace;
 
-use std::sync::Arc;
 pub use config::{Arch, ModelConfig};
+use std::sync::Arc;
 use troupe_gguf::GgufFile;
 pub use troupe_nn::{Batch, BatchError, KvCache, KvLayout, LoadError, ThreadPool};
 pub use workspace::Workspace;
@@ -24,7 +24,13 @@ pub trait Model: Send + Sync {
     /// Runs `batch`, storing its keys and values in `kv` and writing the
     /// logits of `batch.logits_rows` into `ws.logits` (one `n_vocab` row
     /// each, in that order).
-    fn forward(&self, batch: &Batch, kv: &mut KvCache, ws: &mut Workspace, pool: &ThreadPool) -> Result<(), BatchError>;
+    fn forward(
+        &self,
+        batch: &Batch,
+        kv: &mut KvCache,
+        ws: &mut Workspace,
+        pool: &ThreadPool,
+    ) -> Result<(), BatchError>;
 }
 
 /// Loads the architecture named in the file's metadata.

@@ -7,8 +7,8 @@ use crate::blocks;
 use crate::{Model, ModelConfig, Workspace};
 use troupe_kernels::ops::{add_inplace, swiglu_inplace};
 use troupe_nn::{
-    attention, store_kv, AttentionParams, Batch, BatchError, Embedding, KvCache, Linear, LoadError, RmsNorm,
-    ThreadPool, WeightSource,
+    attention, store_kv, AttentionParams, Batch, BatchError, Embedding, KvCache, Linear, LoadError,
+    RmsNorm, ThreadPool, WeightSource,
 };
 
 /// What distinguishes members of the family.
@@ -84,7 +84,13 @@ impl Model for Llama {
         &self.cfg
     }
 
-    fn forward(&self, batch: &Batch, kv: &mut KvCache, ws: &mut Workspace, pool: &ThreadPool) -> Result<(), BatchError> {
+    fn forward(
+        &self,
+        batch: &Batch,
+        kv: &mut KvCache,
+        ws: &mut Workspace,
+        pool: &ThreadPool,
+    ) -> Result<(), BatchError> {
         let c = &self.cfg;
         blocks::check(batch, c, kv, ws)?;
         let n = batch.n_tokens();
@@ -101,20 +107,48 @@ impl Model for Llama {
         blocks::rope_tables(batch, c.rope_dims, c.rope_base, &mut ws.rope);
         for (il, l) in self.layers.iter().enumerate() {
             l.attn_norm.forward(&ws.x[..n * d], &mut ws.xn[..n * d]);
-            ws.qin.prepare(&ws.xn[..n * d], n, d, &[&l.wq, &l.wk, &l.wv], pool);
+            ws.qin
+                .prepare(&ws.xn[..n * d], n, d, &[&l.wq, &l.wk, &l.wv], pool);
             l.wq.forward(&ws.qin, &mut ws.q[..n * qd], pool);
             l.wk.forward(&ws.qin, &mut ws.k[..n * kvd], pool);
             l.wv.forward(&ws.qin, &mut ws.v[..n * kvd], pool);
-            blocks::rope(&mut ws.q, n, c.n_head, hd, c.rope_dims, &ws.rope, c.rope_style);
-            blocks::rope(&mut ws.k, n, c.n_head_kv, hd, c.rope_dims, &ws.rope, c.rope_style);
+            blocks::rope(
+                &mut ws.q,
+                n,
+                c.n_head,
+                hd,
+                c.rope_dims,
+                &ws.rope,
+                c.rope_style,
+            );
+            blocks::rope(
+                &mut ws.k,
+                n,
+                c.n_head_kv,
+                hd,
+                c.rope_dims,
+                &ws.rope,
+                c.rope_style,
+            );
             store_kv(kv, il, batch, &ws.k[..n * kvd], &ws.v[..n * kvd]);
-            attention(&attn, il, batch, kv, &ws.q, &mut ws.attn, &mut ws.attn_scratch, ws.max_ctx, pool);
+            attention(
+                &attn,
+                il,
+                batch,
+                kv,
+                &ws.q,
+                &mut ws.attn,
+                &mut ws.attn_scratch,
+                ws.max_ctx,
+                pool,
+            );
             ws.qin.prepare(&ws.attn[..n * qd], n, qd, &[&l.wo], pool);
             l.wo.forward(&ws.qin, &mut ws.tmp[..n * d], pool);
             add_inplace(&mut ws.x[..n * d], &ws.tmp[..n * d]);
 
             l.ffn_norm.forward(&ws.x[..n * d], &mut ws.xn[..n * d]);
-            ws.qin.prepare(&ws.xn[..n * d], n, d, &[&l.gate, &l.up], pool);
+            ws.qin
+                .prepare(&ws.xn[..n * d], n, d, &[&l.gate, &l.up], pool);
             l.gate.forward(&ws.qin, &mut ws.gate[..n * ff], pool);
             l.up.forward(&ws.qin, &mut ws.up[..n * ff], pool);
             swiglu_inplace(&mut ws.gate[..n * ff], &ws.up[..n * ff]);

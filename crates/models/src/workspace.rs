@@ -39,7 +39,13 @@ pub struct Workspace {
 }
 
 impl Workspace {
-    pub fn new(cfg: &ModelConfig, max_tokens: usize, max_ctx: usize, n_threads: usize, block_size: usize) -> Self {
+    pub fn new(
+        cfg: &ModelConfig,
+        max_tokens: usize,
+        max_ctx: usize,
+        n_threads: usize,
+        block_size: usize,
+    ) -> Self {
         let t = max_tokens.max(1);
         let qd = cfg.n_head * cfg.head_dim;
         let kvd = cfg.n_head_kv * cfg.head_dim;
@@ -58,7 +64,11 @@ impl Workspace {
             rope: vec![0.0; t * cfg.rope_dims],
             rope_swa: vec![0.0; t * cfg.rope_dims],
             qin: QuantizedInput::new(),
-            attn_scratch: vec![0.0; n_threads.max(1) * attention_scratch_len(max_ctx, cfg.head_dim, block_size)],
+            attn_scratch: vec![
+                0.0;
+                n_threads.max(1)
+                    * attention_scratch_len(max_ctx, cfg.head_dim, block_size)
+            ],
             last: Vec::new(),
             logits: Vec::new(),
             n_logits: 0,

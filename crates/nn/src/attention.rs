@@ -7,9 +7,9 @@
 
 use crate::batch::Batch;
 use crate::kv::KvCache;
-use half::slice::HalfFloatSliceExt;
 use half::f16;
-use troupe_kernels::ops::{axpy, dot_f32, softmax_inplace};
+use half::slice::HalfFloatSliceExt;
+use troupe_kernels::ops::{dot_f16_ggml, dot_fma_chain, ggml_soft_max_exp};
 use troupe_kernels::pool::{ThreadPool, UnsafeSlice};
 
 /// Shape and masking of one attention layer.
@@ -25,9 +25,14 @@ pub struct AttentionParams {
     pub window: usize,
 }
 
+/// Keys per tile of ggml's tiled flash-attention path (`GGML_FA_TILE_KV`),
+/// and the batch size from which ggml takes that path (`GGML_FA_TILE_Q`).
+const FA_TILE: usize = 64;
+
 /// Per-thread scratch the attention needs, in f32 elements.
 pub fn attention_scratch_len(max_ctx: usize, head_dim: usize, block_size: usize) -> usize {
-    max_ctx + 2 * head_dim + block_size * head_dim
+    let _ = (max_ctx, block_size);
+    FA_TILE + 3 * head_dim
 }
 
 /// Writes the new rows' K and V (`[n_tokens, n_kv_heads * head_dim]`) into
@@ -40,13 +45,25 @@ pub fn store_kv(kv: &mut KvCache, layer: usize, batch: &Batch, k: &[f32], v: &[f
         let table = batch.blocks_of(seq);
         let pos = pos as usize;
         let block = table[pos / bs] as usize;
-        kv.write(layer, block, pos % bs, &k[row * w..(row + 1) * w], &v[row * w..(row + 1) * w]);
+        kv.write(
+            layer,
+            block,
+            pos % bs,
+            &k[row * w..(row + 1) * w],
+            &v[row * w..(row + 1) * w],
+        );
     }
 }
 
 /// `out[t, h] = softmax(scale * q[t, h] · K[seq(t), ≤pos(t)]) · V` for every
 /// row `t` of the batch and head `h`. The batch's own K/V must already be
 /// stored. `scratch` holds `n_threads * attention_scratch_len(..)` floats.
+///
+/// The arithmetic is that of ggml's CPU flash attention
+/// (`ggml_compute_forward_flash_attn_ext_f16`, which llama.cpp's default
+/// `-fa auto` selects): batches of fewer than 64 tokens take the one-key-at-a-
+/// time path ([`attend_online_f16`]), larger ones the tiled path
+/// ([`attend_tiled`]).
 #[allow(clippy::too_many_arguments)]
 pub fn attention(
     p: &AttentionParams,
@@ -64,54 +81,176 @@ pub fn attention(
     let group = p.n_head / p.n_kv_heads;
     let n_rows = batch.n_tokens();
     let per_thread = attention_scratch_len(max_ctx, hd, bs);
-    assert!(scratch.len() >= per_thread * pool.n_threads(), "attention scratch too small");
+    assert!(
+        scratch.len() >= per_thread * pool.n_threads(),
+        "attention scratch too small"
+    );
+    let tiled = n_rows >= FA_TILE;
     let out = UnsafeSlice::new(&mut out[..n_rows * p.n_head * hd]);
     let scratch = UnsafeSlice::new(scratch);
     let n_items = n_rows * p.n_head;
     pool.run(|ti, nt| {
         // SAFETY: thread `ti` owns its scratch region.
         let s = unsafe { scratch.slice_mut(ti * per_thread..(ti + 1) * per_thread) };
-        let (scores, rest) = s.split_at_mut(max_ctx);
-        let (qh, rest) = rest.split_at_mut(hd);
-        let (acc, blockf) = rest.split_at_mut(hd);
         for item in troupe_kernels::pool::split_range(n_items, 1, ti, nt) {
             let (row, h) = (item / p.n_head, item % p.n_head);
             let kvh = h / group;
             let pos = batch.positions[row] as usize;
             let table = batch.blocks_of(batch.seq_of_row[row] as usize);
-            let lo = if p.window > 0 { (pos + 1).saturating_sub(p.window) } else { 0 };
-            let n = pos + 1 - lo;
-            // Q is rounded to f16 like the keys, as ggml's attention does.
-            for (d, &x) in qh.iter_mut().zip(&q[(row * p.n_head + h) * hd..][..hd]) {
-                *d = f16::from_f32(x).to_f32();
-            }
-            let mut j = lo;
-            while j <= pos {
-                let (blk, slot0) = (table[j / bs] as usize, j % bs);
-                let take = (bs - slot0).min(pos + 1 - j);
-                let kb = &kv.k_block(layer, blk, kvh)[slot0 * hd..(slot0 + take) * hd];
-                kb.convert_to_f32_slice(&mut blockf[..take * hd]);
-                for i in 0..take {
-                    scores[j - lo + i] = dot_f32(qh, &blockf[i * hd..(i + 1) * hd]) * p.scale;
-                }
-                j += take;
-            }
-            softmax_inplace(&mut scores[..n]);
-            acc.fill(0.0);
-            let mut j = lo;
-            while j <= pos {
-                let (blk, slot0) = (table[j / bs] as usize, j % bs);
-                let take = (bs - slot0).min(pos + 1 - j);
-                let vb = &kv.v_block(layer, blk, kvh)[slot0 * hd..(slot0 + take) * hd];
-                vb.convert_to_f32_slice(&mut blockf[..take * hd]);
-                for i in 0..take {
-                    axpy(acc, scores[j - lo + i], &blockf[i * hd..(i + 1) * hd]);
-                }
-                j += take;
-            }
+            let lo = if p.window > 0 {
+                (pos + 1).saturating_sub(p.window)
+            } else {
+                0
+            };
+            let rows = KvRows {
+                kv,
+                layer,
+                table,
+                head: kvh,
+                bs,
+                hd,
+            };
+            let qh = &q[(row * p.n_head + h) * hd..][..hd];
             // SAFETY: each (row, head) item is handled by exactly one thread.
-            let o = unsafe { out.slice_mut((row * p.n_head + h) * hd..(row * p.n_head + h + 1) * hd) };
-            o.copy_from_slice(acc);
+            let o =
+                unsafe { out.slice_mut((row * p.n_head + h) * hd..(row * p.n_head + h + 1) * hd) };
+            if tiled {
+                attend_tiled(&rows, qh, lo, pos, p.scale, o, s);
+            } else {
+                attend_online_f16(&rows, qh, lo, pos, p.scale, o, s);
+            }
         }
     });
+}
+
+/// One sequence's cached rows of one KV head in one layer.
+struct KvRows<'a> {
+    kv: &'a KvCache,
+    layer: usize,
+    table: &'a [u32],
+    head: usize,
+    bs: usize,
+    hd: usize,
+}
+
+impl KvRows<'_> {
+    fn k(&self, pos: usize, out: &mut [f32]) {
+        let blk = self.table[pos / self.bs] as usize;
+        let slot = pos % self.bs;
+        self.kv.k_block(self.layer, blk, self.head)[slot * self.hd..(slot + 1) * self.hd]
+            .convert_to_f32_slice(out);
+    }
+
+    fn v(&self, pos: usize, out: &mut [f32]) {
+        let blk = self.table[pos / self.bs] as usize;
+        let slot = pos % self.bs;
+        self.kv.v_block(self.layer, blk, self.head)[slot * self.hd..(slot + 1) * self.hd]
+            .convert_to_f32_slice(out);
+    }
+}
+
+#[inline]
+fn round_f16(x: f32) -> f32 {
+    f16::from_f32(x).to_f32()
+}
+
+/// ggml's `ggml_compute_forward_flash_attn_ext_f16_one_chunk` with an f16
+/// cache: Q rounded to f16, `q·k` by [`dot_f16_ggml`], an online softmax
+/// with libm `expf`, and the V accumulator kept in f16 (every update
+/// rounded, as `ggml_vec_mad_f16` / `ggml_vec_scale_f16` do).
+fn attend_online_f16(
+    rows: &KvRows,
+    q: &[f32],
+    lo: usize,
+    pos: usize,
+    scale: f32,
+    out: &mut [f32],
+    scratch: &mut [f32],
+) {
+    let hd = rows.hd;
+    let (qh, rest) = scratch.split_at_mut(hd); // [head_dim]
+    let (acc, rest) = rest.split_at_mut(hd); // [head_dim], f16 values
+    let row = &mut rest[..hd]; // [head_dim]
+    for (d, &x) in qh.iter_mut().zip(q) {
+        *d = round_f16(x);
+    }
+    acc.fill(0.0);
+    let (mut sum, mut max) = (0f32, f32::NEG_INFINITY);
+    for j in lo..=pos {
+        rows.k(j, row);
+        let s = dot_f16_ggml(row, qh) * scale;
+        let (mut ms, mut vs) = (1f32, 1f32);
+        if s > max {
+            ms = (max - s).exp();
+            max = s;
+            for a in acc.iter_mut() {
+                *a = round_f16(*a * ms);
+            }
+        } else {
+            vs = (s - max).exp();
+        }
+        rows.v(j, row);
+        for (a, &v) in acc.iter_mut().zip(row.iter()) {
+            *a = round_f16(v.mul_add(vs, *a));
+        }
+        // GCC contracts `S*ms + vs` into an FMA.
+        sum = sum.mul_add(ms, vs);
+    }
+    let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
+    for (o, &a) in out.iter_mut().zip(acc.iter()) {
+        *o = a * inv;
+    }
+}
+
+/// ggml's `ggml_compute_forward_flash_attn_ext_tiled` for one query row:
+/// keys in tiles of 64 cache cells, `q·k` as an FMA chain with Q in f32,
+/// per-tile max and `exp` by [`ggml_soft_max_exp`], and `P·V` accumulated in
+/// f32 by FMA chains along the tile.
+fn attend_tiled(
+    rows: &KvRows,
+    q: &[f32],
+    lo: usize,
+    pos: usize,
+    scale: f32,
+    out: &mut [f32],
+    scratch: &mut [f32],
+) {
+    let hd = rows.hd;
+    let (kq, rest) = scratch.split_at_mut(FA_TILE); // [FA_TILE]
+    let (acc, rest) = rest.split_at_mut(hd); // [head_dim]
+    let row = &mut rest[..hd]; // [head_dim]
+    acc.fill(0.0);
+    let (mut sum, mut max) = (0f32, f32::NEG_INFINITY);
+    let mut t0 = lo / FA_TILE * FA_TILE;
+    while t0 <= pos {
+        let (a, b) = (lo.max(t0), pos.min(t0 + FA_TILE - 1));
+        kq.fill(f32::NEG_INFINITY);
+        for j in a..=b {
+            rows.k(j, row);
+            kq[j - t0] = dot_fma_chain(q, row) * scale;
+        }
+        let tile_max = kq.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let new_max = max.max(tile_max);
+        if new_max > max {
+            let ms = (max - new_max).exp();
+            for x in acc.iter_mut() {
+                *x *= ms;
+            }
+            sum *= ms;
+        }
+        max = new_max;
+        sum = (sum as f64 + ggml_soft_max_exp(kq, max)) as f32;
+        for j in a..=b {
+            rows.v(j, row);
+            let pj = kq[j - t0];
+            for (x, &v) in acc.iter_mut().zip(row.iter()) {
+                *x = v.mul_add(pj, *x);
+            }
+        }
+        t0 += FA_TILE;
+    }
+    let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
+    for (o, &x) in out.iter_mut().zip(acc.iter()) {
+        *o = x * inv;
+    }
 }

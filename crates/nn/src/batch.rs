@@ -20,7 +20,12 @@ pub enum BatchError {
     #[error("token id {id} is outside the vocabulary of {n_vocab}")]
     BadToken { id: u32, n_vocab: usize },
     #[error("sequence {seq} needs {need} cache blocks for {len} positions but has {have}")]
-    NotEnoughBlocks { seq: usize, len: usize, need: usize, have: usize },
+    NotEnoughBlocks {
+        seq: usize,
+        len: usize,
+        need: usize,
+        have: usize,
+    },
     #[error("block {block} is outside the cache of {n_blocks} blocks")]
     BadBlock { block: u32, n_blocks: usize },
     #[error("batch of {n} tokens exceeds the workspace limit of {max}")]
@@ -93,7 +98,13 @@ impl Batch {
     }
 
     /// Checks everything the forward pass relies on.
-    pub fn validate(&self, n_vocab: usize, block_size: usize, n_blocks: usize, max_tokens: usize) -> Result<(), BatchError> {
+    pub fn validate(
+        &self,
+        n_vocab: usize,
+        block_size: usize,
+        n_blocks: usize,
+        max_tokens: usize,
+    ) -> Result<(), BatchError> {
         if self.tokens.is_empty() {
             return Err(BatchError::Empty);
         }

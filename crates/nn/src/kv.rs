@@ -46,8 +46,12 @@ impl KvCache {
         let per_layer = layout.n_blocks * layout.block_elems();
         KvCache {
             layout,
-            k: (0..layout.n_layers).map(|_| vec![f16::ZERO; per_layer]).collect(),
-            v: (0..layout.n_layers).map(|_| vec![f16::ZERO; per_layer]).collect(),
+            k: (0..layout.n_layers)
+                .map(|_| vec![f16::ZERO; per_layer])
+                .collect(),
+            v: (0..layout.n_layers)
+                .map(|_| vec![f16::ZERO; per_layer])
+                .collect(),
         }
     }
 
@@ -62,10 +66,16 @@ impl KvCache {
         let hd = self.layout.head_dim;
         for h in 0..self.layout.n_kv_heads {
             let o = self.offset(block, h, slot);
-            for (dst, &src) in self.k[layer][o..o + hd].iter_mut().zip(&k[h * hd..(h + 1) * hd]) {
+            for (dst, &src) in self.k[layer][o..o + hd]
+                .iter_mut()
+                .zip(&k[h * hd..(h + 1) * hd])
+            {
                 *dst = f16::from_f32(src);
             }
-            for (dst, &src) in self.v[layer][o..o + hd].iter_mut().zip(&v[h * hd..(h + 1) * hd]) {
+            for (dst, &src) in self.v[layer][o..o + hd]
+                .iter_mut()
+                .zip(&v[h * hd..(h + 1) * hd])
+            {
                 *dst = f16::from_f32(src);
             }
         }

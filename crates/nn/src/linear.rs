@@ -112,7 +112,14 @@ impl QuantizedInput {
 
     /// Quantizes `x` (`[n_tokens, cols]`) once for each distinct input type
     /// of `layers`.
-    pub fn prepare(&mut self, x: &[f32], n_tokens: usize, cols: usize, layers: &[&Linear], pool: &ThreadPool) {
+    pub fn prepare(
+        &mut self,
+        x: &[f32],
+        n_tokens: usize,
+        cols: usize,
+        layers: &[&Linear],
+        pool: &ThreadPool,
+    ) {
         self.n_tokens = n_tokens;
         self.cols = cols;
         for b in &mut self.bufs {
@@ -168,7 +175,12 @@ pub struct Embedding {
 }
 
 impl Embedding {
-    pub fn load(src: &WeightSource, name: &str, n_embd: usize, n_vocab: usize) -> Result<Self, LoadError> {
+    pub fn load(
+        src: &WeightSource,
+        name: &str,
+        n_embd: usize,
+        n_vocab: usize,
+    ) -> Result<Self, LoadError> {
         let table = src.tensor(name, &[n_embd, n_vocab])?;
         Ok(Embedding {
             ops: fast_ops(table.ty),
@@ -185,7 +197,10 @@ impl Embedding {
         let row = bytes.len() / self.n_vocab;
         for (t, &id) in tokens.iter().enumerate() {
             let id = id as usize;
-            (self.ops.to_f32)(&bytes[id * row..(id + 1) * row], &mut out[t * self.n_embd..(t + 1) * self.n_embd]);
+            (self.ops.to_f32)(
+                &bytes[id * row..(id + 1) * row],
+                &mut out[t * self.n_embd..(t + 1) * self.n_embd],
+            );
         }
     }
 }
