@@ -264,14 +264,27 @@ impl Engine {
     /// Appends `tokens` to one sequence, in chunks of `max_batch_tokens`,
     /// and returns the logits of the last token.
     pub fn prefill(&mut self, seq: SeqId, tokens: &[u32]) -> Result<&[f32], EngineError> {
+        // All or nothing: check the limit first, and undo partial chunks if a
+        // later one fails.
+        let start = self.seq_len(seq)?;
+        if start + tokens.len() > self.n_ctx {
+            return Err(EngineError::ContextFull {
+                need: start + tokens.len(),
+                limit: self.n_ctx,
+            });
+        }
         let chunk = self.ws.max_tokens;
         let n_chunks = tokens.len().div_ceil(chunk).max(1);
         for (i, c) in tokens.chunks(chunk).enumerate() {
-            self.step(&[Step {
+            let r = self.step(&[Step {
                 seq,
                 tokens: c,
                 logits: i + 1 == n_chunks,
-            }])?;
+            }]);
+            if let Err(e) = r {
+                self.truncate(seq, start)?;
+                return Err(e);
+            }
         }
         self.logits(0).ok_or(EngineError::Batch(BatchError::Empty))
     }
