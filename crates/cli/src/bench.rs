@@ -71,6 +71,7 @@ pub fn run(data: &Path, a: BenchArgs) -> Result<()> {
                 seq,
                 tokens: &[next],
                 logits: true,
+                span: 0,
             }])?;
             let l = m.engine.logits(0).unwrap_or(&[]);
             next = l

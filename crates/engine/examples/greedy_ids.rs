@@ -30,6 +30,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             seq,
             tokens: &[next],
             logits: true,
+            span: 0,
         }])?;
         next = argmax(e.logits(0).ok_or("no logits")?);
         out.push(next);

@@ -2,6 +2,7 @@
 //! Sequences are created, extended with tokens (prefill in chunks, or one
 //! decode token each, many sequences per forward pass) and freed.
 
+use crate::blocks::BlockPool;
 use std::sync::Arc;
 use troupe_gguf::GgufFile;
 use troupe_models::{
@@ -59,6 +60,23 @@ pub struct SeqId(pub usize);
 struct Sequence {
     blocks: Vec<u32>,
     len: usize,
+    /// The tokens in the cache (to hash blocks as they fill).
+    tokens: Vec<u32>,
+    /// Chained hash of each full block, in order.
+    hashes: Vec<u64>,
+}
+
+/// Block usage of the KV cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KvStats {
+    pub n_blocks: usize,
+    pub block_size: usize,
+    /// Blocks held by live sequences.
+    pub used: usize,
+    /// Blocks no sequence holds that still cache a prefix (reusable at once).
+    pub cached_idle: usize,
+    /// Blocks that can be handed out now (free plus cached idle).
+    pub available: usize,
 }
 
 /// One step's work for a sequence: append `tokens`; compute the logits of
@@ -67,6 +85,22 @@ pub struct Step<'a> {
     pub seq: SeqId,
     pub tokens: &'a [u32],
     pub logits: bool,
+    /// Length of the run `tokens` belong to: the whole prompt when a prompt
+    /// is fed in chunks, else `tokens.len()` (0 means that). It picks the
+    /// attention path, as one unchunked pass of that many tokens would.
+    pub span: usize,
+}
+
+impl<'a> Step<'a> {
+    /// A step whose tokens are a run of their own.
+    pub fn new(seq: SeqId, tokens: &'a [u32], logits: bool) -> Self {
+        Step {
+            seq,
+            tokens,
+            logits,
+            span: 0,
+        }
+    }
 }
 
 pub struct Engine {
@@ -76,7 +110,7 @@ pub struct Engine {
     pool: ThreadPool,
     batch: Batch,
     seqs: Vec<Option<Sequence>>,
-    free_blocks: Vec<u32>,
+    blocks: BlockPool,
     n_ctx: usize,
     /// Logits rows of the last `step`, by the index of its `Step`.
     logit_index: Vec<Option<usize>>,
@@ -111,7 +145,7 @@ impl Engine {
             pool,
             batch: Batch::new(),
             seqs: Vec::new(),
-            free_blocks: (0..n_blocks as u32).rev().collect(),
+            blocks: BlockPool::new(n_blocks),
             n_ctx,
             logit_index: Vec::new(),
         }
@@ -133,13 +167,47 @@ impl Engine {
         self.ws.max_tokens
     }
 
-    /// Free KV blocks and the block size.
-    pub fn kv_usage(&self) -> (usize, usize, usize) {
-        (
-            self.free_blocks.len(),
-            self.kv.layout.n_blocks,
-            self.kv.layout.block_size,
-        )
+    /// Block usage of the KV cache.
+    pub fn kv_stats(&self) -> KvStats {
+        KvStats {
+            n_blocks: self.blocks.n_blocks(),
+            block_size: self.kv.layout.block_size,
+            used: self.blocks.used(),
+            cached_idle: self.blocks.cached_idle(),
+            available: self.blocks.available(),
+        }
+    }
+
+    /// Starts the empty sequence `id` with as much of `prompt` as the prefix
+    /// cache holds, in whole blocks, always leaving at least the last token
+    /// to compute (its logits are needed). Returns the cached length.
+    pub fn attach_prefix(&mut self, id: SeqId, prompt: &[u32]) -> Result<usize, EngineError> {
+        let bs = self.kv.layout.block_size;
+        if self.seq(id)?.len != 0 {
+            return Ok(0);
+        }
+        let usable = prompt.len().saturating_sub(1) / bs;
+        let mut parent = 0u64;
+        let mut found = Vec::new();
+        for blk in prompt.chunks_exact(bs).take(usable) {
+            match self.blocks.lookup(parent, blk) {
+                Some((b, h)) => {
+                    found.push((b, h));
+                    parent = h;
+                }
+                None => break,
+            }
+        }
+        for &(b, _) in &found {
+            self.blocks.retain(b);
+        }
+        let n = found.len() * bs;
+        let s = self.seq_mut(id)?;
+        s.blocks = found.iter().map(|&(b, _)| b).collect();
+        s.hashes = found.iter().map(|&(_, h)| h).collect();
+        s.tokens = prompt[..n].to_vec();
+        s.len = n;
+        Ok(n)
     }
 
     /// A new, empty sequence.
@@ -157,10 +225,13 @@ impl Engine {
         }
     }
 
-    /// Frees a sequence and returns its blocks to the pool.
+    /// Frees a sequence and returns its blocks to the pool (full blocks
+    /// stay in the prefix cache until their space is needed).
     pub fn free_sequence(&mut self, id: SeqId) {
         if let Some(Some(s)) = self.seqs.get_mut(id.0).map(Option::take) {
-            self.free_blocks.extend(s.blocks);
+            for b in s.blocks {
+                self.blocks.release(b);
+            }
         }
     }
 
@@ -169,15 +240,57 @@ impl Engine {
         self.seq(id).map(|s| s.len)
     }
 
-    /// Drops positions past `len` (to rewind a sequence).
+    /// Drops positions past `len` (to rewind a sequence). A kept block that
+    /// will be written again is made private first (copy-on-write if another
+    /// sequence shares it, else just taken out of the prefix cache).
     pub fn truncate(&mut self, id: SeqId, len: usize) -> Result<(), EngineError> {
         let bs = self.kv.layout.block_size;
         let s = self.seq_mut(id)?;
-        if len < s.len {
-            s.len = len;
-            let keep = len.div_ceil(bs);
-            let freed: Vec<u32> = s.blocks.drain(keep..).collect();
-            self.free_blocks.extend(freed);
+        if len >= s.len {
+            return Ok(());
+        }
+        s.len = len;
+        s.tokens.truncate(len);
+        s.hashes.truncate(len / bs);
+        let keep = len.div_ceil(bs);
+        let dropped: Vec<u32> = s.blocks.drain(keep..).collect();
+        let partial = (len % bs != 0).then(|| s.blocks[keep - 1]);
+        for b in dropped {
+            self.blocks.release(b);
+        }
+        if let Some(b) = partial {
+            if self.blocks.refs(b) > 1 {
+                let fresh = self
+                    .blocks
+                    .alloc()
+                    .ok_or(EngineError::OutOfBlocks { need: 1, free: 0 })?;
+                self.kv.copy_block(b as usize, fresh as usize);
+                self.blocks.release(b);
+                self.seq_mut(id)?.blocks[keep - 1] = fresh;
+            } else {
+                self.blocks.forget(b);
+            }
+        }
+        Ok(())
+    }
+
+    /// Records `tokens` as cached and registers blocks they filled.
+    fn commit(&mut self, id: SeqId, tokens: &[u32]) -> Result<(), EngineError> {
+        let bs = self.kv.layout.block_size;
+        let s = self
+            .seqs
+            .get_mut(id.0)
+            .and_then(Option::as_mut)
+            .ok_or(EngineError::NoSuchSequence(id.0))?;
+        s.len += tokens.len();
+        s.tokens.extend_from_slice(tokens);
+        while s.hashes.len() < s.len / bs {
+            let i = s.hashes.len();
+            let parent = s.hashes.last().copied().unwrap_or(0);
+            let h = self
+                .blocks
+                .register(s.blocks[i], parent, &s.tokens[i * bs..(i + 1) * bs]);
+            s.hashes.push(h);
         }
         Ok(())
     }
@@ -214,10 +327,10 @@ impl Engine {
             }
             need_total += new_len.div_ceil(bs).saturating_sub(s.blocks.len());
         }
-        if need_total > self.free_blocks.len() {
+        if need_total > self.blocks.available() {
             return Err(EngineError::OutOfBlocks {
                 need: need_total,
-                free: self.free_blocks.len(),
+                free: self.blocks.available(),
             });
         }
         for st in steps {
@@ -225,8 +338,8 @@ impl Engine {
             let need = (s_len + st.tokens.len()).div_ceil(bs);
             while self.seq(st.seq)?.blocks.len() < need {
                 let b = self
-                    .free_blocks
-                    .pop()
+                    .blocks
+                    .alloc()
                     .ok_or(EngineError::OutOfBlocks { need: 1, free: 0 })?;
                 self.seq_mut(st.seq)?.blocks.push(b);
             }
@@ -242,12 +355,12 @@ impl Engine {
             let want = st.logits && !st.tokens.is_empty();
             self.logit_index
                 .push(want.then_some(self.batch.logits_rows.len()));
-            self.batch.push(st.tokens, s.len, &s.blocks, want);
+            self.batch.push(st.tokens, s.len, &s.blocks, want, st.span);
         }
         self.model
             .forward(&self.batch, &mut self.kv, &mut self.ws, &self.pool)?;
         for st in steps {
-            self.seq_mut(st.seq)?.len += st.tokens.len();
+            self.commit(st.seq, st.tokens)?;
         }
         Ok(())
     }
@@ -280,6 +393,7 @@ impl Engine {
                 seq,
                 tokens: c,
                 logits: i + 1 == n_chunks,
+                span: tokens.len(),
             }]);
             if let Err(e) = r {
                 self.truncate(seq, start)?;

@@ -142,6 +142,7 @@ pub fn generate(
             seq,
             tokens: &[next],
             logits: true,
+            span: 0,
         }])?;
         let logits = engine
             .logits(0)

@@ -2,10 +2,11 @@
 //! the generation loop. Text enters only through the tokenizer handed to
 //! the generation helpers; the engine never sees HTTP.
 
+mod blocks;
 mod engine;
 mod generate;
 pub mod sampler;
 
-pub use engine::{Engine, EngineError, EngineOptions, SeqId, Step};
+pub use engine::{Engine, EngineError, EngineOptions, KvStats, SeqId, Step};
 pub use generate::{generate, FinishReason, Flow, GenerateError, GenerateParams, Generation};
 pub use troupe_models::ModelConfig;

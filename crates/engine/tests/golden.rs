@@ -109,6 +109,7 @@ fn greedy_matches_llama_cpp(name: &str) {
                     seq,
                     tokens: &[next],
                     logits: true,
+                    span: 0,
                 }])
                 .expect("decode");
             next = argmax(engine.logits(0).expect("logits"));

@@ -24,6 +24,7 @@ fn alone(e: &mut Engine, chunks: &[&[u32]]) -> Vec<Vec<f32>> {
                 seq: s,
                 tokens: c,
                 logits: true,
+                span: 0,
             }])
             .expect("step");
             e.logits(0).expect("logits").to_vec()
@@ -54,16 +55,19 @@ fn ragged_batch_equals_sequences_run_alone() {
                 seq: sa,
                 tokens: a_chunks[step],
                 logits: true,
+                span: 0,
             },
             Step {
                 seq: sb,
                 tokens: b_chunks[step],
                 logits: true,
+                span: 0,
             },
             Step {
                 seq: sc,
                 tokens: c_chunks[step],
                 logits: true,
+                span: 0,
             },
         ];
         e.step(&steps).expect("batched step");
@@ -90,13 +94,14 @@ fn ragged_batch_equals_sequences_run_alone() {
 #[test]
 fn freed_blocks_are_reused_and_limits_are_errors() {
     let mut e = engine();
-    let (free0, total, _) = e.kv_usage();
-    assert_eq!(free0, total);
+    let st = e.kv_stats();
+    assert_eq!(st.available, st.n_blocks);
     let s = e.new_sequence();
     e.prefill(s, &[1; 100]).expect("prefill");
-    assert!(e.kv_usage().0 < free0);
+    assert_eq!(e.kv_stats().used, 100usize.div_ceil(st.block_size));
     e.free_sequence(s);
-    assert_eq!(e.kv_usage().0, free0);
+    assert_eq!(e.kv_stats().available, st.n_blocks);
+    assert_eq!(e.kv_stats().used, 0);
     // Past the context: a clear error and nothing changes.
     let s = e.new_sequence();
     let err = e.prefill(s, &vec![1; 600]).expect_err("too long");

@@ -25,9 +25,14 @@ pub struct AttentionParams {
     pub window: usize,
 }
 
-/// Keys per tile of ggml's tiled flash-attention path (`GGML_FA_TILE_KV`),
-/// and the batch size from which ggml takes that path (`GGML_FA_TILE_Q`).
+/// Keys per tile of ggml's tiled flash-attention path (`GGML_FA_TILE_KV`).
 const FA_TILE: usize = 64;
+
+/// Batch size from which ggml takes the tiled path (`GGML_FA_TILE_Q`). Here
+/// the choice is per sequence, by the length of the run its rows belong to
+/// ([`crate::batch::SeqSlice::tiled`]), so a sequence gets the same numbers
+/// alone, batched with others, or with a prompt split into chunks.
+pub const TILED_MIN_ROWS: usize = 64;
 
 /// Per-thread scratch the attention needs, in f32 elements.
 pub fn attention_scratch_len(max_ctx: usize, head_dim: usize, block_size: usize) -> usize {
@@ -61,8 +66,8 @@ pub fn store_kv(kv: &mut KvCache, layer: usize, batch: &Batch, k: &[f32], v: &[f
 ///
 /// The arithmetic is that of ggml's CPU flash attention
 /// (`ggml_compute_forward_flash_attn_ext_f16`, which llama.cpp's default
-/// `-fa auto` selects): batches of fewer than 64 tokens take the one-key-at-a-
-/// time path ([`attend_online_f16`]), larger ones the tiled path
+/// `-fa auto` selects): runs of fewer than 64 tokens take the one-key-at-a-
+/// time path ([`attend_online_f16`]), longer ones the tiled path
 /// ([`attend_tiled`]).
 #[allow(clippy::too_many_arguments)]
 pub fn attention(
@@ -85,7 +90,6 @@ pub fn attention(
         scratch.len() >= per_thread * pool.n_threads(),
         "attention scratch too small"
     );
-    let tiled = n_rows >= FA_TILE;
     let out = UnsafeSlice::new(&mut out[..n_rows * p.n_head * hd]);
     let scratch = UnsafeSlice::new(scratch);
     let n_items = n_rows * p.n_head;
@@ -114,7 +118,7 @@ pub fn attention(
             // SAFETY: each (row, head) item is handled by exactly one thread.
             let o =
                 unsafe { out.slice_mut((row * p.n_head + h) * hd..(row * p.n_head + h + 1) * hd) };
-            if tiled {
+            if batch.seqs[batch.seq_of_row[row] as usize].tiled {
                 attend_tiled(&rows, qh, lo, pos, p.scale, o, s);
             } else {
                 attend_online_f16(&rows, qh, lo, pos, p.scale, o, s);

@@ -12,6 +12,9 @@ pub struct SeqSlice {
     pub pos: usize,
     /// Range in [`Batch::block_tables`] of this sequence's block table.
     pub blocks: Range<usize>,
+    /// Attention takes ggml's tiled path for these rows (see
+    /// [`crate::attention::TILED_MIN_ROWS`]).
+    pub tiled: bool,
 }
 
 /// Why a batch cannot run.
@@ -71,8 +74,17 @@ impl Batch {
 
     /// Adds a sequence's new `tokens`, starting at position `pos`, whose
     /// cache blocks are `blocks`; with `logits_last`, the logits of its last
-    /// token are computed.
-    pub fn push(&mut self, tokens: &[u32], pos: usize, blocks: &[u32], logits_last: bool) {
+    /// token are computed. `span` is the length of the whole run these tokens
+    /// belong to (a prompt split into chunks): it picks the attention path,
+    /// so results do not depend on chunking or on the rest of the batch.
+    pub fn push(
+        &mut self,
+        tokens: &[u32],
+        pos: usize,
+        blocks: &[u32],
+        logits_last: bool,
+        span: usize,
+    ) {
         let start = self.tokens.len();
         let seq = self.seqs.len() as u32;
         for (i, &t) in tokens.iter().enumerate() {
@@ -86,6 +98,7 @@ impl Batch {
             rows: start..self.tokens.len(),
             pos,
             blocks: b0..self.block_tables.len(),
+            tiled: span.max(tokens.len()) >= crate::attention::TILED_MIN_ROWS,
         });
         if logits_last && !tokens.is_empty() {
             self.logits_rows.push(self.tokens.len() - 1);
