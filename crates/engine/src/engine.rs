@@ -254,7 +254,7 @@ impl Engine {
         s.hashes.truncate(len / bs);
         let keep = len.div_ceil(bs);
         let dropped: Vec<u32> = s.blocks.drain(keep..).collect();
-        let partial = (len % bs != 0).then(|| s.blocks[keep - 1]);
+        let partial = (!len.is_multiple_of(bs)).then(|| s.blocks[keep - 1]);
         for b in dropped {
             self.blocks.release(b);
         }
