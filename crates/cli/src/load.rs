@@ -69,16 +69,9 @@ impl Loaded {
         })
     }
 
-    /// Tokenizes a rendered chat prompt: special tokens are parsed and BOS is
-    /// added as the metadata asks, unless the template already wrote one.
+    /// Tokenizes a rendered chat prompt (see [`Tokenizer::encode_chat`]).
     pub fn encode_rendered(&self, text: &str) -> Vec<u32> {
-        let mut ids = self.tok.encode(text, true, true);
-        if let Some(bos) = self.tok.bos() {
-            if ids.len() >= 2 && ids[0] == bos && ids[1] == bos {
-                ids.remove(0);
-            }
-        }
-        ids
+        self.tok.encode_chat(text)
     }
 }
 

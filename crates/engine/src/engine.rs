@@ -235,6 +235,11 @@ impl Engine {
         }
     }
 
+    /// Number of KV blocks a sequence holds (shared ones included).
+    pub fn seq_blocks(&self, id: SeqId) -> Result<usize, EngineError> {
+        self.seq(id).map(|s| s.blocks.len())
+    }
+
     /// Number of positions of a sequence.
     pub fn seq_len(&self, id: SeqId) -> Result<usize, EngineError> {
         self.seq(id).map(|s| s.len)

@@ -161,16 +161,16 @@ pub fn generate(
 }
 
 /// Holds back text that may be the start of a stop string.
-struct StopMatcher<'a> {
-    stops: &'a [String],
+pub(crate) struct StopMatcher {
+    stops: Vec<String>,
     held: String,
-    hit: bool,
+    pub(crate) hit: bool,
 }
 
-impl<'a> StopMatcher<'a> {
-    fn new(stops: &'a [String]) -> Self {
+impl StopMatcher {
+    pub(crate) fn new(stops: &[String]) -> Self {
         StopMatcher {
-            stops,
+            stops: stops.iter().filter(|s| !s.is_empty()).cloned().collect(),
             held: String::new(),
             hit: false,
         }
@@ -178,7 +178,7 @@ impl<'a> StopMatcher<'a> {
 
     /// Adds `piece`; returns the text that is now safe to emit and whether
     /// a stop string was found (text from it on is dropped).
-    fn feed(&mut self, piece: &str) -> (String, bool) {
+    pub(crate) fn feed(&mut self, piece: &str) -> (String, bool) {
         self.held.push_str(piece);
         if self.stops.is_empty() {
             return (std::mem::take(&mut self.held), false);
@@ -186,7 +186,6 @@ impl<'a> StopMatcher<'a> {
         let first_hit = self
             .stops
             .iter()
-            .filter(|s| !s.is_empty())
             .filter_map(|s| self.held.find(s.as_str()))
             .min();
         if let Some(at) = first_hit {
@@ -197,7 +196,7 @@ impl<'a> StopMatcher<'a> {
         }
         // Keep the longest suffix that is a proper prefix of a stop string.
         let mut keep = 0;
-        for s in self.stops {
+        for s in &self.stops {
             for (i, _) in s.char_indices().skip(1) {
                 if i > keep && self.held.ends_with(&s[..i]) {
                     keep = i;
@@ -211,7 +210,7 @@ impl<'a> StopMatcher<'a> {
     }
 
     /// Final text at the end of generation.
-    fn flush(&mut self, tail: &str) -> String {
+    pub(crate) fn flush(&mut self, tail: &str) -> String {
         let (mut emit, hit) = self.feed(tail);
         if !hit {
             emit.push_str(&std::mem::take(&mut self.held));

@@ -6,6 +6,7 @@ mod blocks;
 mod engine;
 mod generate;
 pub mod sampler;
+pub mod scheduler;
 
 pub use engine::{Engine, EngineError, EngineOptions, KvStats, SeqId, Step};
 pub use generate::{generate, FinishReason, Flow, GenerateError, GenerateParams, Generation};

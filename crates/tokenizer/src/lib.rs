@@ -112,6 +112,18 @@ impl Tokenizer {
         })
     }
 
+    /// Tokenizes a rendered chat prompt: special tokens are parsed and BOS is
+    /// added as the metadata asks, unless the template already wrote one.
+    pub fn encode_chat(&self, text: &str) -> Vec<u32> {
+        let mut ids = self.encode(text, true, true);
+        if let Some(bos) = self.bos() {
+            if ids.len() >= 2 && ids[0] == bos && ids[1] == bos {
+                ids.remove(0);
+            }
+        }
+        ids
+    }
+
     /// Tokenizes `text` like llama.cpp's `llama_tokenize`: `add_special`
     /// adds BOS and/or EOS where the metadata asks for them
     /// (`add_bos_token`, `add_eos_token`), `parse_special` lets control tokens
@@ -214,7 +226,7 @@ impl Tokenizer {
     }
 
     /// A decoder for streaming generated tokens as text.
-    pub fn stream_decoder(&self, special: bool) -> StreamDecoder<'_> {
+    pub fn stream_decoder(&self, special: bool) -> StreamDecoder<&Tokenizer> {
         StreamDecoder::new(self, special)
     }
 
@@ -406,7 +418,8 @@ mod tests {
     fn tokenizer_is_shareable_between_threads() {
         fn shareable<T: Send + Sync>() {}
         shareable::<Tokenizer>();
-        shareable::<StreamDecoder<'static>>();
+        shareable::<StreamDecoder<&'static Tokenizer>>();
+        shareable::<StreamDecoder<std::sync::Arc<Tokenizer>>>();
     }
 
     #[test]

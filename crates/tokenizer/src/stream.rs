@@ -13,23 +13,27 @@
 //! llama.cpp's own per-token streaming.
 
 use crate::Tokenizer;
+use std::ops::Deref;
 
-/// Turns token ids, one at a time, into valid UTF-8 text.
-pub struct StreamDecoder<'t> {
-    tok: &'t Tokenizer,
+/// Turns token ids, one at a time, into valid UTF-8 text. `T` is how the
+/// tokenizer is held: `&Tokenizer`, or an `Arc` when the decoder must own it
+/// (a server's per-request state).
+pub struct StreamDecoder<T: Deref<Target = Tokenizer>> {
+    tok: T,
     special: bool,
     /// Drop one leading space of the first piece (`add_space_prefix`).
     strip_space: bool,
     pending: Vec<u8>,
 }
 
-impl<'t> StreamDecoder<'t> {
+impl<T: Deref<Target = Tokenizer>> StreamDecoder<T> {
     /// A decoder for `tok`; `special` renders control tokens as their text.
-    pub fn new(tok: &'t Tokenizer, special: bool) -> Self {
+    pub fn new(tok: T, special: bool) -> Self {
+        let strip_space = tok.vocab.add_space_prefix;
         StreamDecoder {
             tok,
             special,
-            strip_space: tok.vocab.add_space_prefix,
+            strip_space,
             pending: Vec::new(),
         }
     }
