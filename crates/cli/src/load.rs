@@ -30,6 +30,16 @@ pub struct Loaded {
 
 impl Loaded {
     pub fn open(data: &Path, a: &ModelArgs) -> Result<Self> {
+        Self::open_with(data, a, |_| {})
+    }
+
+    /// Like [`Loaded::open`], letting the caller adjust the engine options
+    /// (the server sizes the KV cache and batch for many sequences).
+    pub fn open_with(
+        data: &Path,
+        a: &ModelArgs,
+        adjust: impl FnOnce(&mut EngineOptions),
+    ) -> Result<Self> {
         let path = resolve(data, &a.model)?;
         let file =
             Arc::new(GgufFile::open(&path).with_context(|| format!("loading {}", path.display()))?);
@@ -52,7 +62,7 @@ impl Loaded {
             eprintln!("note: the model has no chat template; using ChatML");
         }
         let model = troupe_models::load(file).context("building the model")?;
-        let opts = EngineOptions {
+        let mut opts = EngineOptions {
             n_ctx: a.ctx_size,
             kv_positions: a.ctx_size,
             n_threads: a
@@ -60,6 +70,7 @@ impl Loaded {
                 .unwrap_or_else(troupe_kernels::pool::default_threads),
             ..EngineOptions::default()
         };
+        adjust(&mut opts);
         let engine = Engine::new(model, opts);
         Ok(Loaded {
             engine,

@@ -4,6 +4,7 @@
 mod bench;
 mod chat;
 mod load;
+mod serve;
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
@@ -20,7 +21,7 @@ use troupe_engine::sampler::SamplingParams;
 struct Cli {
     /// Data directory (models live in DATA/models); default $TROUPE_DATA,
     /// then $XDG_DATA_HOME/troupe, then ~/.local/share/troupe.
-    #[arg(long, global = true, value_name = "DIR")]
+    #[arg(long, global = true, value_name = "DIR", alias = "data")]
     data_dir: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Command,
@@ -32,6 +33,8 @@ enum Command {
     Generate(GenerateArgs),
     /// Chat interactively in the terminal (/exit or Ctrl-D to quit, Ctrl-C stops a reply).
     Chat(ChatArgs),
+    /// Serve the OpenAI-compatible HTTP API (SIGTERM drains and exits).
+    Serve(serve::ServeArgs),
     /// Print the token ids of TEXT as a JSON array, tokenized as a raw prompt.
     Tokenize {
         #[command(flatten)]
@@ -151,6 +154,7 @@ fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Command::Generate(a) => generate(&data, a),
         Command::Chat(a) => chat::run(&data, a),
+        Command::Serve(a) => serve::run(&data, a),
         Command::Tokenize { model, text } => {
             let path = load::resolve(&data, &model.model)?;
             let file = troupe_gguf::GgufFile::open(&path)?;

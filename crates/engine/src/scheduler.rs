@@ -72,6 +72,8 @@ pub enum Command {
     Submit(Request),
     /// Finish the loop after the running requests are done.
     Shutdown,
+    /// End every waiting and running request now with this error.
+    AbortAll(String),
 }
 
 #[derive(Debug, Clone)]
@@ -214,7 +216,23 @@ impl Scheduler {
         match c {
             Command::Submit(r) => self.submit(r),
             Command::Shutdown => self.draining = true,
+            Command::AbortAll(msg) => self.abort_all(&msg),
         }
+    }
+
+    /// Ends every request with an error event and frees its sequence.
+    pub fn abort_all(&mut self, msg: &str) {
+        for mut r in self.waiting.drain(..) {
+            r.sink.send(Event::Error(msg.to_string()));
+        }
+        for a in &mut self.running {
+            if !a.done {
+                a.sink.send(Event::Error(msg.to_string()));
+                a.done = true;
+            }
+        }
+        self.retire();
+        self.publish();
     }
 
     /// One iteration: drop cancelled requests, admit what fits, run one
