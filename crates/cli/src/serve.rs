@@ -36,6 +36,10 @@ pub struct ServeArgs {
     /// streams smoother while a long prompt is read).
     #[arg(long, default_value_t = 256)]
     prefill_chunk: usize,
+    /// While replies are streaming, prompt chunks are sized so one engine
+    /// step takes about this many milliseconds (0: always --prefill-chunk).
+    #[arg(long, default_value_t = 150)]
+    step_target_ms: u64,
     /// Largest request body in bytes.
     #[arg(long, default_value_t = 4 << 20)]
     max_body_bytes: usize,
@@ -85,6 +89,7 @@ pub fn run(data: &Path, a: ServeArgs) -> Result<()> {
         max_concurrent,
         max_queue: a.max_queue,
         prefill_chunk,
+        step_target: (a.step_target_ms > 0).then(|| Duration::from_millis(a.step_target_ms)),
         max_body_bytes: a.max_body_bytes,
         drain_timeout: Duration::from_secs(a.drain_timeout),
     };

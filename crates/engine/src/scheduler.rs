@@ -82,7 +82,14 @@ pub struct SchedulerOptions {
     pub max_running: usize,
     /// Most prompt tokens in one step.
     pub prefill_chunk: usize,
+    /// While other sequences are streaming, prompt chunks are sized so a
+    /// step takes about this long (from measured speed), which bounds their
+    /// inter-token latency; `None` always uses `prefill_chunk`.
+    pub step_target: Option<std::time::Duration>,
 }
+
+/// Smallest prompt chunk the step-time target may shrink to.
+const MIN_CHUNK: usize = 16;
 
 /// Live figures for metrics and readiness, updated after every step.
 #[derive(Debug, Default)]
@@ -131,6 +138,8 @@ pub struct Scheduler {
     running: Vec<Active>,
     stats: Arc<SchedulerStats>,
     draining: bool,
+    /// Moving average of seconds per token in steps with a prompt chunk.
+    secs_per_token: f64,
 }
 
 impl Scheduler {
@@ -140,6 +149,7 @@ impl Scheduler {
             prefill_chunk: opts
                 .prefill_chunk
                 .clamp(1, engine.max_batch_tokens().saturating_sub(1).max(1)),
+            step_target: opts.step_target,
         };
         let stats = Arc::new(SchedulerStats::default());
         stats.alive.store(true, Relaxed);
@@ -151,6 +161,7 @@ impl Scheduler {
             running: Vec::new(),
             stats,
             draining: false,
+            secs_per_token: 0.0,
         };
         s.publish();
         s
@@ -374,8 +385,15 @@ impl Scheduler {
                 used += 1;
             }
         }
+        let mut chunk = self.opts.prefill_chunk;
+        if let (Some(target), true) = (self.opts.step_target, used > 0) {
+            if self.secs_per_token > 0.0 {
+                let fit = (target.as_secs_f64() / self.secs_per_token) as usize;
+                chunk = fit.saturating_sub(used).clamp(MIN_CHUNK.min(chunk), chunk);
+            }
+        }
         for (i, a) in self.running.iter().enumerate() {
-            let room = budget.saturating_sub(used).min(self.opts.prefill_chunk);
+            let room = budget.saturating_sub(used).min(chunk);
             if a.fed < a.prompt.len() && room > 0 {
                 let end = (a.fed + room).min(a.prompt.len());
                 steps.push(Step {
@@ -390,8 +408,17 @@ impl Scheduler {
             }
         }
         let engine = &mut self.engine;
+        let t0 = std::time::Instant::now();
         let r = catch_unwind(AssertUnwindSafe(|| engine.step(&steps)));
         drop(steps);
+        if !chunks.is_empty() && used >= MIN_CHUNK {
+            let per = t0.elapsed().as_secs_f64() / used as f64;
+            self.secs_per_token = if self.secs_per_token == 0.0 {
+                per
+            } else {
+                0.7 * self.secs_per_token + 0.3 * per
+            };
+        }
         match r {
             Ok(Ok(())) => {
                 for (i, n) in chunks {

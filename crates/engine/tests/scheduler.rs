@@ -127,6 +127,7 @@ fn batched_generations_equal_generations_alone() {
         SchedulerOptions {
             max_running: 8,
             prefill_chunk: 16,
+            step_target: None,
         },
     );
     let mut rxs = Vec::new();
@@ -180,6 +181,7 @@ fn cancelled_requests_free_their_blocks() {
         SchedulerOptions {
             max_running: 4,
             prefill_chunk: 64,
+            step_target: None,
         },
     );
     let (tx, rx) = mpsc::channel();
@@ -216,6 +218,7 @@ fn admission_waits_for_kv_space() {
         SchedulerOptions {
             max_running: 4,
             prefill_chunk: 64,
+            step_target: None,
         },
     );
     let p = chat(&tok, QUESTIONS[0]);

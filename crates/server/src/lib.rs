@@ -48,6 +48,7 @@ pub async fn serve_on(
         SchedulerOptions {
             max_running: config.max_concurrent,
             prefill_chunk: config.prefill_chunk,
+            step_target: config.step_target,
         },
     );
     let stats = scheduler.stats();

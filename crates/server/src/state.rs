@@ -31,6 +31,8 @@ pub struct ServerConfig {
     pub max_queue: usize,
     /// Most prompt tokens prefilled per engine step.
     pub prefill_chunk: usize,
+    /// Target step time while streams are running (bounds their latency).
+    pub step_target: Option<Duration>,
     /// Largest request body accepted (413 beyond).
     pub max_body_bytes: usize,
     /// How long running requests may take to finish after SIGTERM.
@@ -46,6 +48,7 @@ impl Default for ServerConfig {
             max_concurrent: 8,
             max_queue: 64,
             prefill_chunk: 256,
+            step_target: Some(Duration::from_millis(150)),
             max_body_bytes: 4 << 20,
             drain_timeout: Duration::from_secs(30),
         }
