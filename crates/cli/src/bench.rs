@@ -18,6 +18,11 @@ pub struct BenchArgs {
     /// Tokens of the decode test.
     #[arg(long, default_value_t = 128)]
     gen_tokens: usize,
+    /// Sequences decoding together in the decode test (each forward pass
+    /// carries one token of each; tok/s counts all of them), as a server
+    /// with that many streams does.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
     /// Repetitions (the median is reported).
     #[arg(long, default_value_t = 5)]
     reps: usize,
@@ -42,7 +47,11 @@ fn median(v: &mut [f64]) -> f64 {
 pub fn run(data: &Path, a: BenchArgs) -> Result<()> {
     let mut margs = a.model.clone();
     margs.ctx_size = margs.ctx_size.max(a.prompt_tokens + a.gen_tokens + 1);
-    let mut m = crate::load::Loaded::open(data, &margs)?;
+    let batch = a.batch.max(1);
+    let mut m = crate::load::Loaded::open_with(data, &margs, |o| {
+        o.kv_positions = o.n_ctx.max(batch * (a.gen_tokens + 16));
+        o.max_batch_tokens = o.max_batch_tokens.max(batch);
+    })?;
     let n_vocab = m.engine.config().n_vocab as u64;
     // Deterministic pseudo-random tokens, like llama-bench's.
     let mut x = 0x2545_f491_4f6c_dd1du64;
@@ -63,25 +72,34 @@ pub fn run(data: &Path, a: BenchArgs) -> Result<()> {
         let pp_s = t.elapsed().as_secs_f64();
         m.engine.free_sequence(seq);
 
-        let seq = m.engine.new_sequence();
-        let mut next = tokens[0];
+        let seqs: Vec<_> = (0..batch).map(|_| m.engine.new_sequence()).collect();
+        let mut next: Vec<[u32; 1]> = (0..batch).map(|i| [tokens[i % tokens.len()]]).collect();
         let t = Instant::now();
         for _ in 0..a.gen_tokens {
-            m.engine.step(&[Step {
-                seq,
-                tokens: &[next],
-                logits: true,
-                span: 0,
-            }])?;
-            let l = m.engine.logits(0).unwrap_or(&[]);
-            next = l
+            let steps: Vec<Step> = seqs
                 .iter()
-                .enumerate()
-                .fold((0, f32::MIN), |b, (i, &v)| if v > b.1 { (i, v) } else { b })
-                .0 as u32;
+                .zip(&next)
+                .map(|(&seq, tok)| Step {
+                    seq,
+                    tokens: tok,
+                    logits: true,
+                    span: 0,
+                })
+                .collect();
+            m.engine.step(&steps)?;
+            for (i, n) in next.iter_mut().enumerate() {
+                let l = m.engine.logits(i).unwrap_or(&[]);
+                n[0] = l
+                    .iter()
+                    .enumerate()
+                    .fold((0, f32::MIN), |b, (i, &v)| if v > b.1 { (i, v) } else { b })
+                    .0 as u32;
+            }
         }
-        let tg_s = t.elapsed().as_secs_f64();
-        m.engine.free_sequence(seq);
+        let tg_s = t.elapsed().as_secs_f64() / batch as f64;
+        for s in seqs {
+            m.engine.free_sequence(s);
+        }
         if rep > 0 {
             pp.push(a.prompt_tokens as f64 / pp_s);
             tg.push(a.gen_tokens as f64 / tg_s);
@@ -112,6 +130,7 @@ pub fn run(data: &Path, a: BenchArgs) -> Result<()> {
             "isa": troupe_kernels::cpu::best().name(),
             "prompt_tokens": a.prompt_tokens,
             "gen_tokens": a.gen_tokens,
+            "batch": batch,
             "reps": reps,
             "prefill_tok_s": prefill,
             "decode_tok_s": decode,
