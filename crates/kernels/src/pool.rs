@@ -133,8 +133,11 @@ impl ThreadPool {
         }
     }
 
-    /// Splits `0..n_items` into one contiguous range per thread, in chunks of
-    /// `align` items (the last range takes the rest), and runs `f` on each.
+    /// Runs `f` over `0..n_items` in ranges whose boundaries are multiples
+    /// of `align`. Threads take ranges from a shared counter (about four per
+    /// thread), so a thread the OS delays (a busy shared machine) just takes
+    /// fewer instead of holding everyone up. `f` must not depend on which
+    /// thread runs a range.
     pub fn for_ranges<F: Fn(std::ops::Range<usize>) + Sync>(
         &self,
         n_items: usize,
@@ -142,11 +145,21 @@ impl ThreadPool {
         f: F,
     ) {
         let align = align.max(1);
-        self.run(|i, n| {
-            let r = split_range(n_items, align, i, n);
-            if !r.is_empty() {
-                f(r);
+        let n = self.n_threads();
+        if n == 1 {
+            if n_items > 0 {
+                f(0..n_items);
             }
+            return;
+        }
+        let per = n_items.div_ceil(align).div_ceil(n * 4).max(1) * align;
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        self.run(|_, _| loop {
+            let start = next.fetch_add(per, Ordering::Relaxed);
+            if start >= n_items {
+                break;
+            }
+            f(start..(start + per).min(n_items));
         });
     }
 }
