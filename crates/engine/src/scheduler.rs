@@ -99,6 +99,7 @@ pub struct SchedulerStats {
     pub kv_blocks_total: AtomicU64,
     pub kv_blocks_used: AtomicU64,
     pub kv_blocks_cached: AtomicU64,
+    /// Blocks holding nothing (cached idle blocks are counted apart).
     pub kv_blocks_free: AtomicU64,
     pub prefix_hit_tokens: AtomicU64,
     pub prompt_tokens: AtomicU64,
@@ -496,7 +497,8 @@ impl Scheduler {
         s.kv_blocks_total.store(kv.n_blocks as u64, Relaxed);
         s.kv_blocks_used.store(kv.used as u64, Relaxed);
         s.kv_blocks_cached.store(kv.cached_idle as u64, Relaxed);
-        s.kv_blocks_free.store(kv.available as u64, Relaxed);
+        s.kv_blocks_free
+            .store((kv.available - kv.cached_idle) as u64, Relaxed);
     }
 }
 

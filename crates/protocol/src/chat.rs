@@ -135,7 +135,9 @@ pub struct ChatCompletionChunk {
     pub model: String,
     pub system_fingerprint: String,
     pub choices: Vec<ChunkChoice>,
-    /// `null` on every chunk but the last when usage was asked for.
+    /// Only with `stream_options.include_usage`: `null` on every chunk but
+    /// the last (the server writes the nulls).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
 }
 

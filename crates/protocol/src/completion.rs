@@ -60,6 +60,9 @@ pub struct Completion {
     pub model: String,
     pub system_fingerprint: String,
     pub choices: Vec<CompletionChoice>,
+    /// Always on whole responses; on stream chunks only the last one has it,
+    /// and only with `stream_options.include_usage`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
 }
 

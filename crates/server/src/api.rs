@@ -35,6 +35,7 @@ pub fn router(state: Arc<AppState>, config: &crate::ServerConfig) -> Router {
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(state.clone(), gate))
         .fallback(not_found)
+        .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .with_state(state)
 }
@@ -76,6 +77,15 @@ async fn not_found(State(st): St, req: Request) -> ApiError {
         format!("No route for {} {}", req.method(), req.uri().path()),
     )
     .code("not_found")
+}
+
+async fn wrong_method(req: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "invalid_request_error",
+        format!("{} is not allowed on {}", req.method(), req.uri().path()),
+    )
+    .code("method_not_allowed")
 }
 
 async fn ready(State(st): St) -> Response {
@@ -340,7 +350,11 @@ impl ChatChunks {
             }],
             usage: None,
         };
-        serde_json::to_value(c).unwrap_or(Value::Null)
+        let mut v = serde_json::to_value(c).unwrap_or(Value::Null);
+        if self.include_usage {
+            v["usage"] = Value::Null;
+        }
+        v
     }
 }
 

@@ -144,7 +144,7 @@ impl Metrics {
         );
         let _ = writeln!(
             out,
-            "# HELP troupe_kv_blocks KV cache blocks by state.\n# TYPE troupe_kv_blocks gauge\n\
+            "# HELP troupe_kv_blocks KV cache blocks by state: used (held by running sequences), cached (idle, holding a reusable prefix), free; they add up to the total.\n# TYPE troupe_kv_blocks gauge\n\
              troupe_kv_blocks{{state=\"used\"}} {}\ntroupe_kv_blocks{{state=\"free\"}} {}\n\
              troupe_kv_blocks{{state=\"cached\"}} {}",
             s.kv_blocks_used.load(Relaxed),
