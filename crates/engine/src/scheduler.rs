@@ -129,6 +129,9 @@ struct Active {
     next: [u32; 1],
     generated: usize,
     done: bool,
+    /// The final event, delivered after the sequence is freed and the
+    /// stats are published (so a client that saw it sees them settled).
+    outcome: Option<Event>,
 }
 
 pub struct Scheduler {
@@ -239,7 +242,7 @@ impl Scheduler {
         }
         for a in &mut self.running {
             if !a.done {
-                a.sink.send(Event::Error(msg.to_string()));
+                a.outcome = Some(Event::Error(msg.to_string()));
                 a.done = true;
             }
         }
@@ -260,7 +263,7 @@ impl Scheduler {
             Ok(owners) => self.sample_all(&owners),
             Err(msg) => {
                 for a in &mut self.running {
-                    a.sink.send(Event::Error(msg.clone()));
+                    a.outcome = Some(Event::Error(msg.clone()));
                     a.done = true;
                 }
             }
@@ -360,6 +363,7 @@ impl Scheduler {
                 next: [0],
                 generated: 0,
                 done: false,
+                outcome: None,
             });
         }
     }
@@ -478,15 +482,25 @@ impl Scheduler {
         }
     }
 
-    /// Frees the sequences of finished requests.
+    /// Frees the sequences of finished requests, publishes the stats, then
+    /// tells their clients.
     fn retire(&mut self) {
-        let engine = &mut self.engine;
-        self.running.retain(|a| {
-            if a.done {
-                engine.free_sequence(a.seq);
+        if !self.running.iter().any(|a| a.done) {
+            return;
+        }
+        let (finished, keep): (Vec<Active>, Vec<Active>) = std::mem::take(&mut self.running)
+            .into_iter()
+            .partition(|a| a.done);
+        self.running = keep;
+        for a in &finished {
+            self.engine.free_sequence(a.seq);
+        }
+        self.publish();
+        for mut a in finished {
+            if let Some(ev) = a.outcome.take() {
+                a.sink.send(ev);
             }
-            !a.done
-        });
+        }
     }
 
     fn publish(&self) {
@@ -512,7 +526,7 @@ fn finish(a: &mut Active, tok: &Arc<Tokenizer>, reason: FinishReason) {
             a.sink.send(Event::Tail(tail));
         }
     }
-    a.sink.send(Event::Done {
+    a.outcome = Some(Event::Done {
         finish: reason,
         usage: Usage {
             prompt_tokens: a.prompt.len(),

@@ -121,7 +121,7 @@ pub fn budget(
                 "This model's maximum context length is {n_ctx} tokens. However, you requested \
                  {} tokens ({prompt_len} in the prompt, {m} for the completion). Please reduce \
                  the length of the prompt or of max_tokens.",
-                prompt_len as u64 + m
+                (prompt_len as u64).saturating_add(m)
             ),
         )
         .code("context_length_exceeded")
@@ -131,7 +131,7 @@ pub fn budget(
             "max_tokens",
             "max_tokens must be at least 1.",
         )),
-        Some(m) if prompt_len as u64 + m > n_ctx as u64 => Err(exceeded(m)),
+        Some(m) if (prompt_len as u64).saturating_add(m) > n_ctx as u64 => Err(exceeded(m)),
         Some(m) => Ok(m as usize),
         None if prompt_len >= n_ctx => Err(exceeded(1)),
         None => Ok(n_ctx - prompt_len),
