@@ -99,8 +99,10 @@ pub fn run(data: &Path, a: ServeArgs) -> Result<()> {
         template: m.template,
         id,
     };
+    // HTTP work is light next to the model's; one async thread keeps the
+    // cores for the engine's pool (tokenizing runs on the blocking pool).
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(1)
         .enable_all()
         .build()
         .context("starting the async runtime")?;
