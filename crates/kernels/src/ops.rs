@@ -56,7 +56,7 @@ pub fn softmax_inplace(x: &mut [f32]) {
 /// and the exponent patched into the bits (ARM's optimized-routines
 /// algorithm). Within 1.5 ulp of `expf`, but not always equal to it, so the
 /// ops ggml vectorises must use this to agree bit for bit.
-#[inline]
+#[inline(always)]
 pub fn ggml_v_expf(x: f32) -> f32 {
     let r = f32::from_bits(0x4b40_0000); // 0x1.8p23
     let z = x.mul_add(f32::from_bits(0x3fb8_aa3b), r); // log2(e)
@@ -126,6 +126,7 @@ pub fn swiglu_inplace(gate: &mut [f32], up: &[f32]) {
 /// `ggml_vec_soft_max_f32` forms it: each group of 8 is reduced in f32
 /// (`(v0+v4 + v2+v6) + (v1+v5 + v3+v7)`) and the group sums added in f64;
 /// the tail uses libm `expf`.
+#[inline(always)]
 pub fn ggml_soft_max_exp(x: &mut [f32], max: f32) -> f64 {
     let mut sum = 0f64;
     let n_vec = x.len() / GGML_F32_LANES * GGML_F32_LANES;
@@ -147,6 +148,7 @@ pub fn ggml_soft_max_exp(x: &mut [f32], max: f32) -> f64 {
 /// Dot product of two f16-valued vectors (given as f32) in the order of
 /// ggml's AVX2 `ggml_vec_dot_f16`: four 8-lane FMA accumulators over steps
 /// of 32, a fixed tree reduction, and the tail added in f64.
+#[inline(always)]
 pub fn dot_f16_ggml(x: &[f32], y: &[f32]) -> f32 {
     debug_assert!(x.len() == y.len());
     const STEP: usize = 32;
@@ -170,7 +172,7 @@ pub fn dot_f16_ggml(x: &[f32], y: &[f32]) -> f32 {
 
 /// Dot product as one sequential FMA chain from zero, the order of
 /// ggml's `simd_gemm` (each output element accumulates along K in turn).
-#[inline]
+#[inline(always)]
 pub fn dot_fma_chain(x: &[f32], y: &[f32]) -> f32 {
     debug_assert!(x.len() == y.len());
     x.iter()

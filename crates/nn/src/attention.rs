@@ -9,6 +9,7 @@ use crate::batch::Batch;
 use crate::kv::KvCache;
 use half::f16;
 use half::slice::HalfFloatSliceExt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use troupe_kernels::ops::{dot_f16_ggml, dot_fma_chain, ggml_soft_max_exp};
 use troupe_kernels::pool::{ThreadPool, UnsafeSlice};
 
@@ -83,7 +84,6 @@ pub fn attention(
 ) {
     let hd = p.head_dim;
     let bs = kv.layout.block_size;
-    let group = p.n_head / p.n_kv_heads;
     let n_rows = batch.n_tokens();
     let per_thread = attention_scratch_len(max_ctx, hd, bs);
     assert!(
@@ -92,39 +92,92 @@ pub fn attention(
     );
     let out = UnsafeSlice::new(&mut out[..n_rows * p.n_head * hd]);
     let scratch = UnsafeSlice::new(scratch);
-    let n_items = n_rows * p.n_head;
-    pool.run(|ti, nt| {
+    let work = Work {
+        p,
+        layer,
+        batch,
+        kv,
+        q,
+        out: &out,
+        n_items: n_rows * p.n_head,
+        next: AtomicUsize::new(0),
+    };
+    pool.run(|ti, _| {
         // SAFETY: thread `ti` owns its scratch region.
         let s = unsafe { scratch.slice_mut(ti * per_thread..(ti + 1) * per_thread) };
-        for item in troupe_kernels::pool::split_range(n_items, 1, ti, nt) {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU has FMA.
+            unsafe { work.run_fma(s) };
+            return;
+        }
+        work.run(s);
+    });
+}
+
+/// The attention of one layer, shared by the pool's threads, which take
+/// (row, head) items from a counter: causal rows late in a prompt cost more
+/// than early ones, so fixed shares would leave a thread idle.
+struct Work<'a> {
+    p: &'a AttentionParams,
+    layer: usize,
+    batch: &'a Batch,
+    kv: &'a KvCache,
+    q: &'a [f32],
+    out: &'a UnsafeSlice<'a, f32>,
+    n_items: usize,
+    next: AtomicUsize,
+}
+
+impl Work<'_> {
+    /// [`Work::run`] compiled with FMA, so `mul_add` is one instruction
+    /// instead of a libm call (same results).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "fma")]
+    unsafe fn run_fma(&self, s: &mut [f32]) {
+        self.run(s)
+    }
+
+    #[inline(always)]
+    fn run(&self, s: &mut [f32]) {
+        let p = self.p;
+        let hd = p.head_dim;
+        let group = p.n_head / p.n_kv_heads;
+        let batch = self.batch;
+        loop {
+            let item = self.next.fetch_add(1, Ordering::Relaxed);
+            if item >= self.n_items {
+                break;
+            }
             let (row, h) = (item / p.n_head, item % p.n_head);
-            let kvh = h / group;
             let pos = batch.positions[row] as usize;
-            let table = batch.blocks_of(batch.seq_of_row[row] as usize);
+            let seq = batch.seq_of_row[row] as usize;
             let lo = if p.window > 0 {
                 (pos + 1).saturating_sub(p.window)
             } else {
                 0
             };
             let rows = KvRows {
-                kv,
-                layer,
-                table,
-                head: kvh,
-                bs,
+                kv: self.kv,
+                layer: self.layer,
+                table: batch.blocks_of(seq),
+                head: h / group,
+                bs: self.kv.layout.block_size,
                 hd,
             };
-            let qh = &q[(row * p.n_head + h) * hd..][..hd];
-            // SAFETY: each (row, head) item is handled by exactly one thread.
-            let o =
-                unsafe { out.slice_mut((row * p.n_head + h) * hd..(row * p.n_head + h + 1) * hd) };
-            if batch.seqs[batch.seq_of_row[row] as usize].tiled {
+            let qh = &self.q[(row * p.n_head + h) * hd..][..hd];
+            // SAFETY: each (row, head) item is taken by exactly one thread.
+            let o = unsafe {
+                self.out
+                    .slice_mut((row * p.n_head + h) * hd..(row * p.n_head + h + 1) * hd)
+            };
+            if batch.seqs[seq].tiled {
                 attend_tiled(&rows, qh, lo, pos, p.scale, o, s);
             } else {
                 attend_online_f16(&rows, qh, lo, pos, p.scale, o, s);
             }
         }
-    });
+    }
 }
 
 /// One sequence's cached rows of one KV head in one layer.
@@ -138,6 +191,7 @@ struct KvRows<'a> {
 }
 
 impl KvRows<'_> {
+    #[inline(always)]
     fn k(&self, pos: usize, out: &mut [f32]) {
         let blk = self.table[pos / self.bs] as usize;
         let slot = pos % self.bs;
@@ -145,6 +199,7 @@ impl KvRows<'_> {
             .convert_to_f32_slice(out);
     }
 
+    #[inline(always)]
     fn v(&self, pos: usize, out: &mut [f32]) {
         let blk = self.table[pos / self.bs] as usize;
         let slot = pos % self.bs;
@@ -162,6 +217,7 @@ fn round_f16(x: f32) -> f32 {
 /// cache: Q rounded to f16, `q·k` by [`dot_f16_ggml`], an online softmax
 /// with libm `expf`, and the V accumulator kept in f16 (every update
 /// rounded, as `ggml_vec_mad_f16` / `ggml_vec_scale_f16` do).
+#[inline(always)]
 fn attend_online_f16(
     rows: &KvRows,
     q: &[f32],
@@ -210,6 +266,7 @@ fn attend_online_f16(
 /// keys in tiles of 64 cache cells, `q·k` as an FMA chain with Q in f32,
 /// per-tile max and `exp` by [`ggml_soft_max_exp`], and `P·V` accumulated in
 /// f32 by FMA chains along the tile.
+#[inline(always)]
 fn attend_tiled(
     rows: &KvRows,
     q: &[f32],
