@@ -57,7 +57,13 @@ static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 /// the swap is reported.
 fn greedy_matches_llama_cpp(name: &str) {
     let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let text = std::fs::read_to_string(fixture(&format!("greedy/{name}.json"))).expect("fixture");
+    // TROUPE_GREEDY_FIXTURES: another directory of greedy fixtures (e.g. made
+    // with a differently built llama.cpp), for comparisons by hand.
+    let path = match std::env::var_os("TROUPE_GREEDY_FIXTURES") {
+        Some(dir) => PathBuf::from(dir).join(format!("{name}.json")),
+        None => fixture(&format!("greedy/{name}.json")),
+    };
+    let text = std::fs::read_to_string(path).expect("fixture");
     let fx: Value = serde_json::from_str(&text).expect("fixture json");
     let (mut engine, tok) = load(name);
     let mut failures = Vec::new();

@@ -147,6 +147,12 @@ impl Model for Gemma3 {
             );
             ws.qin.prepare(&ws.attn[..n * qd], n, qd, &[&l.wo], pool);
             l.wo.forward(&ws.qin, &mut ws.tmp[..n * d], pool);
+            // The last layer goes on with the logits rows only (as llama.cpp).
+            let n = if il + 1 == self.layers.len() {
+                blocks::keep_logits_rows(batch, d, &mut ws.x[..n * d], &mut ws.tmp[..n * d])
+            } else {
+                n
+            };
             l.post_attn_norm.forward_inplace(&mut ws.tmp[..n * d]);
             add_inplace(&mut ws.x[..n * d], &ws.tmp[..n * d]);
 
@@ -161,7 +167,8 @@ impl Model for Gemma3 {
             l.post_ffn_norm.forward_inplace(&mut ws.tmp[..n * d]);
             add_inplace(&mut ws.x[..n * d], &ws.tmp[..n * d]);
         }
-        blocks::logits(batch, c, &self.out_norm, &self.output, ws, pool);
+        let n_out = batch.logits_rows.len();
+        blocks::logits_compacted(n_out, c, &self.out_norm, &self.output, ws, pool);
         Ok(())
     }
 }

@@ -1,0 +1,253 @@
+//! The float order of the matmul paths llama.cpp's CPU backend takes instead
+//! of `vec_dot` for some K-quant weights, so that our logits match its bit
+//! for bit.
+//!
+//! Reference build: llama.cpp `0c1e570` (vendored in llama-cpp-python
+//! 0.3.36), ggml-cpu built for AVX2 (`-mavx2 -mfma -mf16c`), weight
+//! repacking on (llama-server's default). There, `ggml_compute_forward_mul_mat`
+//! does not call `vec_dot` for:
+//!
+//! * **Q4_K** weights whose row count is a multiple of 8: they sit in the
+//!   `CPU_REPACK` buffer as `block_q4_Kx8` and every matmul, whatever its
+//!   batch, goes through `ggml_gemm_q4_K_8x8_q8_K` for the first
+//!   `rows - rows % 4` activation rows (4 at a time) and
+//!   `ggml_gemv_q4_K_8x8_q8_K` for the rest (`ggml-cpu/arch/x86/repack.cpp`).
+//!   Both keep, per output, one accumulator for the scales and one for the
+//!   mins, result `acc - accm`. The gemv feeds them once per super-block:
+//!   `acc  = fma(f32(Σ_s sc_s · q·a), d_w · d_a, acc)`,
+//!   `accm = fma(f32(Σ_s m_s · bsum_s), dmin_w · d_a, accm)`; the gemm once
+//!   per pair of sub-blocks (64 elements), the sums running over the pair.
+//!   (The gemm's 4-row activation quantizer, `ggml_quantize_mat_q8_K_4x8`,
+//!   gives the same bytes as `quantize_row_q8_K` except when a block's
+//!   largest magnitude occurs with both signs.)
+//! * **Q6_K** (and the other K-quants, not repacked on x86) when the
+//!   activation has at least [`TILED_MIN_ROWS`] rows: the "tiled" K-quant
+//!   matmul (`ggml-cpu/tiled/`, AVX2 micro-kernel), per output and super-block
+//!   `acc = fma(d_w · f32(Σ_s sc_s · (q - 32)·a), d_a, acc)`.
+//!
+//! The integer sums are exact, so only these float steps matter; the
+//! kernels below compute the sums plainly and apply the steps in that order.
+
+use super::kquant_simd::{dot_blocks, f16_at, f32_at, QK_K};
+use super::{q4_k, q6_k, q8_k};
+use crate::cpu::Isa;
+use troupe_gguf::GgmlType;
+
+/// A dot product of `n` elements (`w` in the weight format, `a` in Q8_K).
+pub type DotFn = fn(n: usize, w: &[u8], a: &[u8]) -> f32;
+
+/// ggml's `ggml_tiled_min_batch`: the tiled K-quant matmul runs from this
+/// many activation rows on.
+pub const TILED_MIN_ROWS: usize = 8;
+
+/// The dot products of one matmul: activation rows `0..split` use `head`,
+/// the others `tail`.
+#[derive(Clone, Copy)]
+pub struct MatmulDots {
+    pub split: usize,
+    pub head: DotFn,
+    pub tail: DotFn,
+}
+
+impl MatmulDots {
+    /// The dot product for activation row `t`.
+    #[inline]
+    pub fn for_row(&self, t: usize) -> DotFn {
+        if t < self.split {
+            self.head
+        } else {
+            self.tail
+        }
+    }
+}
+
+/// The dot products llama.cpp uses for a matmul of `rows` activation rows
+/// against `ty` weights with `n_out` rows; `vec_dot` (the format's) where it
+/// uses that.
+pub fn matmul_dots(ty: GgmlType, n_out: usize, rows: usize, vec_dot: DotFn) -> MatmulDots {
+    matmul_dots_for(ty, n_out, rows, vec_dot, crate::cpu::best())
+}
+
+/// [`matmul_dots`] for a given ISA (`Isa::Scalar`: the references).
+pub fn matmul_dots_for(
+    ty: GgmlType,
+    n_out: usize,
+    rows: usize,
+    vec_dot: DotFn,
+    isa: Isa,
+) -> MatmulDots {
+    let fast = cfg!(target_arch = "x86_64") && isa >= Isa::Avx2 && isa.supported();
+    let plain = MatmulDots {
+        split: 0,
+        head: vec_dot,
+        tail: vec_dot,
+    };
+    match ty {
+        GgmlType::Q4_K if n_out.is_multiple_of(8) => {
+            let (head, tail) = if fast {
+                (x86_q4_k_gemm(), x86_q4_k_gemv())
+            } else {
+                (q4_k_gemm_scalar as DotFn, q4_k_gemv_scalar as DotFn)
+            };
+            MatmulDots {
+                split: rows - rows % 4,
+                head,
+                tail,
+            }
+        }
+        GgmlType::Q6_K if rows >= TILED_MIN_ROWS => MatmulDots {
+            split: rows,
+            head: if fast {
+                x86_q6_k_tiled()
+            } else {
+                q6_k_tiled_scalar
+            },
+            tail: vec_dot,
+        },
+        _ => plain,
+    }
+}
+
+/// The activation block's `bsums[j]`.
+#[inline(always)]
+fn bsum(a: &[u8], j: usize) -> i32 {
+    let o = q8_k::BSUMS + 2 * j;
+    i16::from_le_bytes([a[o], a[o + 1]]) as i32
+}
+
+/// `(Σ_s sc_s · Σ q·a, Σ_s m_s · (bsums[2s] + bsums[2s + 1]))` over the
+/// sub-block pair `s = 2c, 2c + 1` of one Q4_K super-block `w` against one
+/// Q8_K block `a`, for `c` in `0..4`.
+#[inline(always)]
+fn q4_k_pair_ints(w: &[u8], a: &[u8]) -> [(i32, i32); 4] {
+    let sm = q4_k::scales_mins_bytes(&w[q4_k::SCALES..q4_k::SCALES + 12]);
+    let qs = &w[q4_k::SCALES + 12..q4_k::SCALES + 12 + QK_K / 2];
+    let aq = &a[q8_k::QS..q8_k::QS + QK_K];
+    let mut out = [(0i32, 0i32); 4];
+    for (c, o) in out.iter_mut().enumerate() {
+        let (mut lo, mut hi) = (0i32, 0i32);
+        for l in 0..32 {
+            let b = qs[32 * c + l];
+            lo += (b & 15) as i32 * aq[64 * c + l] as i8 as i32;
+            hi += (b >> 4) as i32 * aq[64 * c + 32 + l] as i8 as i32;
+        }
+        let (s0, s1) = (2 * c, 2 * c + 1);
+        let isum = sm[s0] as i32 * lo + sm[s1] as i32 * hi;
+        let imin = sm[8 + s0] as i32 * (bsum(a, 2 * s0) + bsum(a, 2 * s0 + 1))
+            + sm[8 + s1] as i32 * (bsum(a, 2 * s1) + bsum(a, 2 * s1 + 1));
+        *o = (isum, imin);
+    }
+    out
+}
+
+/// `Σ_s sc_s · Σ (q - 32)·a` of one Q6_K super-block against one Q8_K block.
+#[inline(always)]
+fn q6_k_block_int(w: &[u8], a: &[u8]) -> i32 {
+    let mut q = [0u8; QK_K];
+    q6_k::decode(w, &mut q);
+    let aq = &a[q8_k::QS..q8_k::QS + QK_K];
+    let mut isum = 0i32;
+    for s in 0..QK_K / 16 {
+        let mut t = 0i32;
+        for e in 16 * s..16 * s + 16 {
+            t += (q[e] as i32 - 32) * aq[e] as i8 as i32;
+        }
+        isum += w[q6_k::SCALES + s] as i8 as i32 * t;
+    }
+    isum
+}
+
+/// The repacked Q4_K float steps; `PER_PAIR`: the gemm (one step per
+/// sub-block pair) rather than the gemv (one per super-block).
+#[inline(always)]
+fn q4_k_repack_body<const PER_PAIR: bool>(n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let nb = dot_blocks(n, w, q4_k::BLOCK_BYTES, a, q8_k::BLOCK_BYTES);
+    let (mut acc, mut accm) = (0.0f32, 0.0f32);
+    for i in 0..nb {
+        let wb = &w[i * q4_k::BLOCK_BYTES..(i + 1) * q4_k::BLOCK_BYTES];
+        let ab = &a[i * q8_k::BLOCK_BYTES..(i + 1) * q8_k::BLOCK_BYTES];
+        let pairs = q4_k_pair_ints(wb, ab);
+        let da = f32_at(ab, q8_k::D);
+        let (dd, dm) = (f16_at(wb, q4_k::D) * da, f16_at(wb, q4_k::DMIN) * da);
+        if PER_PAIR {
+            for (isum, imin) in pairs {
+                acc = (isum as f32).mul_add(dd, acc);
+                accm = (imin as f32).mul_add(dm, accm);
+            }
+        } else {
+            let isum: i32 = pairs.iter().map(|p| p.0).sum();
+            let imin: i32 = pairs.iter().map(|p| p.1).sum();
+            acc = (isum as f32).mul_add(dd, acc);
+            accm = (imin as f32).mul_add(dm, accm);
+        }
+    }
+    acc - accm
+}
+
+#[inline(always)]
+fn q6_k_tiled_body(n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let nb = dot_blocks(n, w, q6_k::BLOCK_BYTES, a, q8_k::BLOCK_BYTES);
+    let mut acc = 0.0f32;
+    for i in 0..nb {
+        let wb = &w[i * q6_k::BLOCK_BYTES..(i + 1) * q6_k::BLOCK_BYTES];
+        let ab = &a[i * q8_k::BLOCK_BYTES..(i + 1) * q8_k::BLOCK_BYTES];
+        let res = f16_at(wb, q6_k::D) * q6_k_block_int(wb, ab) as f32;
+        acc = res.mul_add(f32_at(ab, q8_k::D), acc);
+    }
+    acc
+}
+
+/// Scalar reference of the repacked Q4_K gemv (see the module docs).
+pub fn q4_k_gemv_scalar(n: usize, w: &[u8], a: &[u8]) -> f32 {
+    q4_k_repack_body::<false>(n, w, a)
+}
+
+/// Scalar reference of the repacked Q4_K gemm (see the module docs).
+pub fn q4_k_gemm_scalar(n: usize, w: &[u8], a: &[u8]) -> f32 {
+    q4_k_repack_body::<true>(n, w, a)
+}
+
+/// Scalar reference of the tiled Q6_K matmul (see the module docs).
+pub fn q6_k_tiled_scalar(n: usize, w: &[u8], a: &[u8]) -> f32 {
+    q6_k_tiled_body(n, w, a)
+}
+
+// The same bodies compiled with AVX2 + FMA: the integer loops vectorise and
+// `mul_add` becomes one `vfmadd`; the results are the scalar ones bit for bit.
+/// An AVX2 + FMA entry point for `$body` (handed out only where AVX2 is
+/// supported, see [`matmul_dots_for`]).
+macro_rules! avx2_entry {
+    ($name:ident, $body:expr) => {
+        #[cfg(target_arch = "x86_64")]
+        fn $name() -> DotFn {
+            #[target_feature(enable = "avx2,fma,f16c")]
+            unsafe fn imp(n: usize, w: &[u8], a: &[u8]) -> f32 {
+                $body(n, w, a)
+            }
+            fn entry(n: usize, w: &[u8], a: &[u8]) -> f32 {
+                // SAFETY: `matmul_dots_for` gives this out only where AVX2,
+                // FMA and F16C are supported.
+                unsafe { imp(n, w, a) }
+            }
+            entry
+        }
+    };
+}
+avx2_entry!(x86_q4_k_gemv, q4_k_repack_body::<false>);
+avx2_entry!(x86_q4_k_gemm, q4_k_repack_body::<true>);
+avx2_entry!(x86_q6_k_tiled, q6_k_tiled_body);
+
+#[cfg(not(target_arch = "x86_64"))]
+fn x86_q4_k_gemv() -> DotFn {
+    q4_k_gemv_scalar
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn x86_q4_k_gemm() -> DotFn {
+    q4_k_gemm_scalar
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn x86_q6_k_tiled() -> DotFn {
+    q6_k_tiled_scalar
+}
