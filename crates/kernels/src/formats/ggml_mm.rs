@@ -27,6 +27,14 @@
 //!
 //! The integer sums are exact, so only these float steps matter; the
 //! kernels below compute the sums plainly and apply the steps in that order.
+//!
+//! Not followed yet (no model of the golden tests has them): the tiled path
+//! of Q5_K, Q3_K, Q2_K, IQ* and of Q4_K weights whose row count is not a
+//! multiple of 8 (its Q4_K/Q5_K epilogue also folds the mins in with an
+//! `fnmadd`), and the other repacked formats (Q4_0, IQ4_NL, MXFP4, and Q2_K
+//! with AVX-512). A native AVX-512 build of llama.cpp uses other kernels
+//! again (AVX-512 repack and tiled variants, AMX); see
+//! `scripts/fixtures/README.md`.
 
 use super::kquant_simd::{dot_blocks, f16_at, f32_at, QK_K};
 use super::{q4_k, q6_k, q8_k};
@@ -40,8 +48,49 @@ pub type DotFn = fn(n: usize, w: &[u8], a: &[u8]) -> f32;
 /// many activation rows on.
 pub const TILED_MIN_ROWS: usize = 8;
 
-/// The dot products of one matmul: activation rows `0..split` use `head`,
-/// the others `tail`.
+/// A kernel of the matmul paths above.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernel {
+    /// The weight format's own `vec_dot`.
+    VecDot,
+    /// Repacked Q4_K, `ggml_gemm_q4_K_8x8_q8_K` (groups of 4 rows).
+    Q4KGemm,
+    /// Repacked Q4_K, `ggml_gemv_q4_K_8x8_q8_K` (single rows).
+    Q4KGemv,
+    /// The tiled Q6_K matmul.
+    Q6KTiled,
+}
+
+/// Which kernel llama.cpp uses for each activation row of a matmul of
+/// `rows` rows against `ty` weights with `n_out` rows: `(split, head,
+/// tail)`, rows `0..split` use `head`, the others `tail`.
+pub fn plan(ty: GgmlType, n_out: usize, rows: usize) -> (usize, Kernel, Kernel) {
+    match ty {
+        GgmlType::Q4_K if n_out.is_multiple_of(8) => {
+            (rows - rows % 4, Kernel::Q4KGemm, Kernel::Q4KGemv)
+        }
+        GgmlType::Q6_K if rows >= TILED_MIN_ROWS => (rows, Kernel::Q6KTiled, Kernel::VecDot),
+        _ => (0, Kernel::VecDot, Kernel::VecDot),
+    }
+}
+
+/// The implementation of `k` for `isa` (`Isa::Scalar`: the reference);
+/// `vec_dot` is the weight format's.
+pub fn kernel_fn(k: Kernel, isa: Isa, vec_dot: DotFn) -> DotFn {
+    let fast = cfg!(target_arch = "x86_64") && isa >= Isa::Avx2 && isa.supported();
+    match (k, fast) {
+        (Kernel::VecDot, _) => vec_dot,
+        (Kernel::Q4KGemm, true) => x86_q4_k_gemm(),
+        (Kernel::Q4KGemm, false) => q4_k_gemm_scalar,
+        (Kernel::Q4KGemv, true) => x86_q4_k_gemv(),
+        (Kernel::Q4KGemv, false) => q4_k_gemv_scalar,
+        (Kernel::Q6KTiled, true) => x86_q6_k_tiled(),
+        (Kernel::Q6KTiled, false) => q6_k_tiled_scalar,
+    }
+}
+
+/// The dot products of one matmul (see [`plan`]): activation rows
+/// `0..split` use `head`, the others `tail`.
 #[derive(Clone, Copy)]
 pub struct MatmulDots {
     pub split: usize,
@@ -62,49 +111,15 @@ impl MatmulDots {
 }
 
 /// The dot products llama.cpp uses for a matmul of `rows` activation rows
-/// against `ty` weights with `n_out` rows; `vec_dot` (the format's) where it
-/// uses that.
+/// against `ty` weights with `n_out` rows, on this CPU; `vec_dot` is the
+/// weight format's.
 pub fn matmul_dots(ty: GgmlType, n_out: usize, rows: usize, vec_dot: DotFn) -> MatmulDots {
-    matmul_dots_for(ty, n_out, rows, vec_dot, crate::cpu::best())
-}
-
-/// [`matmul_dots`] for a given ISA (`Isa::Scalar`: the references).
-pub fn matmul_dots_for(
-    ty: GgmlType,
-    n_out: usize,
-    rows: usize,
-    vec_dot: DotFn,
-    isa: Isa,
-) -> MatmulDots {
-    let fast = cfg!(target_arch = "x86_64") && isa >= Isa::Avx2 && isa.supported();
-    let plain = MatmulDots {
-        split: 0,
-        head: vec_dot,
-        tail: vec_dot,
-    };
-    match ty {
-        GgmlType::Q4_K if n_out.is_multiple_of(8) => {
-            let (head, tail) = if fast {
-                (x86_q4_k_gemm(), x86_q4_k_gemv())
-            } else {
-                (q4_k_gemm_scalar as DotFn, q4_k_gemv_scalar as DotFn)
-            };
-            MatmulDots {
-                split: rows - rows % 4,
-                head,
-                tail,
-            }
-        }
-        GgmlType::Q6_K if rows >= TILED_MIN_ROWS => MatmulDots {
-            split: rows,
-            head: if fast {
-                x86_q6_k_tiled()
-            } else {
-                q6_k_tiled_scalar
-            },
-            tail: vec_dot,
-        },
-        _ => plain,
+    let (split, head, tail) = plan(ty, n_out, rows);
+    let isa = crate::cpu::best();
+    MatmulDots {
+        split,
+        head: kernel_fn(head, isa, vec_dot),
+        tail: kernel_fn(tail, isa, vec_dot),
     }
 }
 
@@ -215,7 +230,7 @@ pub fn q6_k_tiled_scalar(n: usize, w: &[u8], a: &[u8]) -> f32 {
 // The same bodies compiled with AVX2 + FMA: the integer loops vectorise and
 // `mul_add` becomes one `vfmadd`; the results are the scalar ones bit for bit.
 /// An AVX2 + FMA entry point for `$body` (handed out only where AVX2 is
-/// supported, see [`matmul_dots_for`]).
+/// supported, see [`kernel_fn`]).
 macro_rules! avx2_entry {
     ($name:ident, $body:expr) => {
         #[cfg(target_arch = "x86_64")]
@@ -225,7 +240,7 @@ macro_rules! avx2_entry {
                 $body(n, w, a)
             }
             fn entry(n: usize, w: &[u8], a: &[u8]) -> f32 {
-                // SAFETY: `matmul_dots_for` gives this out only where AVX2,
+                // SAFETY: `kernel_fn` gives this out only where AVX2,
                 // FMA and F16C are supported.
                 unsafe { imp(n, w, a) }
             }
