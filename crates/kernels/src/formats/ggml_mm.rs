@@ -174,14 +174,36 @@ fn q6_k_block_int(w: &[u8], a: &[u8]) -> i32 {
 
 /// The repacked Q4_K float steps; `PER_PAIR`: the gemm (one step per
 /// sub-block pair) rather than the gemv (one per super-block).
+/// The exact integer sums of one super-block, by some instruction set.
+trait BlockInts {
+    /// [`q4_k_pair_ints`].
+    fn q4_k_pairs(w: &[u8], a: &[u8]) -> [(i32, i32); 4];
+    /// [`q6_k_block_int`].
+    fn q6_k(w: &[u8], a: &[u8]) -> i32;
+}
+
+/// Portable Rust.
+struct Scalar;
+
+impl BlockInts for Scalar {
+    #[inline(always)]
+    fn q4_k_pairs(w: &[u8], a: &[u8]) -> [(i32, i32); 4] {
+        q4_k_pair_ints(w, a)
+    }
+    #[inline(always)]
+    fn q6_k(w: &[u8], a: &[u8]) -> i32 {
+        q6_k_block_int(w, a)
+    }
+}
+
 #[inline(always)]
-fn q4_k_repack_body<const PER_PAIR: bool>(n: usize, w: &[u8], a: &[u8]) -> f32 {
+fn q4_k_repack_body<I: BlockInts, const PER_PAIR: bool>(n: usize, w: &[u8], a: &[u8]) -> f32 {
     let nb = dot_blocks(n, w, q4_k::BLOCK_BYTES, a, q8_k::BLOCK_BYTES);
     let (mut acc, mut accm) = (0.0f32, 0.0f32);
     for i in 0..nb {
         let wb = &w[i * q4_k::BLOCK_BYTES..(i + 1) * q4_k::BLOCK_BYTES];
         let ab = &a[i * q8_k::BLOCK_BYTES..(i + 1) * q8_k::BLOCK_BYTES];
-        let pairs = q4_k_pair_ints(wb, ab);
+        let pairs = I::q4_k_pairs(wb, ab);
         let da = f32_at(ab, q8_k::D);
         let (dd, dm) = (f16_at(wb, q4_k::D) * da, f16_at(wb, q4_k::DMIN) * da);
         if PER_PAIR {
@@ -200,13 +222,13 @@ fn q4_k_repack_body<const PER_PAIR: bool>(n: usize, w: &[u8], a: &[u8]) -> f32 {
 }
 
 #[inline(always)]
-fn q6_k_tiled_body(n: usize, w: &[u8], a: &[u8]) -> f32 {
+fn q6_k_tiled_body<I: BlockInts>(n: usize, w: &[u8], a: &[u8]) -> f32 {
     let nb = dot_blocks(n, w, q6_k::BLOCK_BYTES, a, q8_k::BLOCK_BYTES);
     let mut acc = 0.0f32;
     for i in 0..nb {
         let wb = &w[i * q6_k::BLOCK_BYTES..(i + 1) * q6_k::BLOCK_BYTES];
         let ab = &a[i * q8_k::BLOCK_BYTES..(i + 1) * q8_k::BLOCK_BYTES];
-        let res = f16_at(wb, q6_k::D) * q6_k_block_int(wb, ab) as f32;
+        let res = f16_at(wb, q6_k::D) * I::q6_k(wb, ab) as f32;
         acc = res.mul_add(f32_at(ab, q8_k::D), acc);
     }
     acc
@@ -214,21 +236,21 @@ fn q6_k_tiled_body(n: usize, w: &[u8], a: &[u8]) -> f32 {
 
 /// Scalar reference of the repacked Q4_K gemv (see the module docs).
 pub fn q4_k_gemv_scalar(n: usize, w: &[u8], a: &[u8]) -> f32 {
-    q4_k_repack_body::<false>(n, w, a)
+    q4_k_repack_body::<Scalar, false>(n, w, a)
 }
 
 /// Scalar reference of the repacked Q4_K gemm (see the module docs).
 pub fn q4_k_gemm_scalar(n: usize, w: &[u8], a: &[u8]) -> f32 {
-    q4_k_repack_body::<true>(n, w, a)
+    q4_k_repack_body::<Scalar, true>(n, w, a)
 }
 
 /// Scalar reference of the tiled Q6_K matmul (see the module docs).
 pub fn q6_k_tiled_scalar(n: usize, w: &[u8], a: &[u8]) -> f32 {
-    q6_k_tiled_body(n, w, a)
+    q6_k_tiled_body::<Scalar>(n, w, a)
 }
 
-// The same bodies compiled with AVX2 + FMA: the integer loops vectorise and
-// `mul_add` becomes one `vfmadd`; the results are the scalar ones bit for bit.
+// The same bodies with AVX2 integer sums (exact, so equal to the scalar
+// ones) and `mul_add` as one `vfmadd`: bit for bit the scalar results.
 /// An AVX2 + FMA entry point for `$body` (handed out only where AVX2 is
 /// supported, see [`kernel_fn`]).
 macro_rules! avx2_entry {
@@ -248,9 +270,9 @@ macro_rules! avx2_entry {
         }
     };
 }
-avx2_entry!(x86_q4_k_gemv, q4_k_repack_body::<false>);
-avx2_entry!(x86_q4_k_gemm, q4_k_repack_body::<true>);
-avx2_entry!(x86_q6_k_tiled, q6_k_tiled_body);
+avx2_entry!(x86_q4_k_gemv, q4_k_repack_body::<x86::Avx2, false>);
+avx2_entry!(x86_q4_k_gemm, q4_k_repack_body::<x86::Avx2, true>);
+avx2_entry!(x86_q6_k_tiled, q6_k_tiled_body::<x86::Avx2>);
 
 #[cfg(not(target_arch = "x86_64"))]
 fn x86_q4_k_gemv() -> DotFn {
@@ -265,4 +287,123 @@ fn x86_q4_k_gemm() -> DotFn {
 #[cfg(not(target_arch = "x86_64"))]
 fn x86_q6_k_tiled() -> DotFn {
     q6_k_tiled_scalar
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{bsum, BlockInts};
+    use crate::formats::kquant_simd::QK_K;
+    use crate::formats::{q4_k, q6_k, q8_k};
+    use std::arch::x86_64::*;
+
+    /// AVX2 sums. Only the AVX2 entry points above use it, inside functions
+    /// compiled with AVX2 enabled on CPUs that have it.
+    pub(super) struct Avx2;
+
+    #[inline(always)]
+    unsafe fn load(p: *const u8) -> __m256i {
+        // SAFETY: callers pass 32 readable bytes.
+        unsafe { _mm256_loadu_si256(p.cast()) }
+    }
+
+    /// Sum of the eight i32 lanes (exact).
+    #[inline(always)]
+    unsafe fn hsum(v: __m256i) -> i32 {
+        // SAFETY: AVX2 is the caller's.
+        unsafe {
+            let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+            let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
+            let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
+            _mm_cvtsi128_si32(s)
+        }
+    }
+
+    /// Bits `SH..SH + 2` of each byte of `hb`, moved to bits 4..6.
+    #[inline(always)]
+    unsafe fn q6_high<const SH: i32>(hb: __m256i) -> __m256i {
+        // SAFETY: AVX2 is the caller's.
+        unsafe {
+            let v = _mm256_srli_epi16::<SH>(hb);
+            _mm256_slli_epi16::<4>(_mm256_and_si256(v, _mm256_set1_epi8(3)))
+        }
+    }
+
+    impl BlockInts for Avx2 {
+        #[inline(always)]
+        fn q4_k_pairs(w: &[u8], a: &[u8]) -> [(i32, i32); 4] {
+            assert!(w.len() >= q4_k::BLOCK_BYTES && a.len() >= q8_k::BLOCK_BYTES);
+            let sm = q4_k::scales_mins_bytes(&w[q4_k::SCALES..q4_k::SCALES + 12]);
+            let mut out = [(0i32, 0i32); 4];
+            // SAFETY: AVX2 is enabled in every caller (see `Avx2`); the
+            // loads stay inside the blocks checked above.
+            unsafe {
+                let qs = w.as_ptr().add(q4_k::SCALES + 12);
+                let aq = a.as_ptr().add(q8_k::QS);
+                let m4 = _mm256_set1_epi8(15);
+                for (c, o) in out.iter_mut().enumerate() {
+                    let q = load(qs.add(32 * c));
+                    let lo = _mm256_and_si256(q, m4);
+                    let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q), m4);
+                    // u4 * i8 pairs fit i16 (2 * 15 * 127).
+                    let plo = _mm256_maddubs_epi16(lo, load(aq.add(64 * c)));
+                    let phi = _mm256_maddubs_epi16(hi, load(aq.add(64 * c + 32)));
+                    let s0 = _mm256_set1_epi16(sm[2 * c] as i16);
+                    let s1 = _mm256_set1_epi16(sm[2 * c + 1] as i16);
+                    let v =
+                        _mm256_add_epi32(_mm256_madd_epi16(plo, s0), _mm256_madd_epi16(phi, s1));
+                    let (t0, t1) = (2 * c, 2 * c + 1);
+                    let imin = sm[8 + t0] as i32 * (bsum(a, 2 * t0) + bsum(a, 2 * t0 + 1))
+                        + sm[8 + t1] as i32 * (bsum(a, 2 * t1) + bsum(a, 2 * t1 + 1));
+                    *o = (hsum(v), imin);
+                }
+            }
+            out
+        }
+
+        #[inline(always)]
+        fn q6_k(w: &[u8], a: &[u8]) -> i32 {
+            assert!(w.len() >= q6_k::BLOCK_BYTES && a.len() >= q8_k::BLOCK_BYTES);
+            let sc = &w[q6_k::SCALES..q6_k::SCALES + QK_K / 16];
+            // 32 * Σ_s sc_s * bsum_s: the `- 32` of every quant.
+            let offset: i32 = (0..QK_K / 16)
+                .map(|s| sc[s] as i8 as i32 * bsum(a, s))
+                .sum();
+            // SAFETY: as for `q4_k_pairs`.
+            unsafe {
+                let (ql, qh) = (w.as_ptr(), w.as_ptr().add(QK_K / 2));
+                let aq = a.as_ptr().add(q8_k::QS);
+                let m4 = _mm256_set1_epi8(15);
+                let mut acc = _mm256_setzero_si256();
+                for h in 0..2 {
+                    let l0 = load(ql.add(64 * h));
+                    let l1 = load(ql.add(64 * h + 32));
+                    let hb = load(qh.add(32 * h));
+                    let q = [
+                        _mm256_or_si256(_mm256_and_si256(l0, m4), q6_high::<0>(hb)),
+                        _mm256_or_si256(_mm256_and_si256(l1, m4), q6_high::<2>(hb)),
+                        _mm256_or_si256(
+                            _mm256_and_si256(_mm256_srli_epi16::<4>(l0), m4),
+                            q6_high::<4>(hb),
+                        ),
+                        _mm256_or_si256(
+                            _mm256_and_si256(_mm256_srli_epi16::<4>(l1), m4),
+                            q6_high::<6>(hb),
+                        ),
+                    ];
+                    for (k, qk) in q.into_iter().enumerate() {
+                        let e = 128 * h + 32 * k;
+                        // u6 * i8 pairs fit i16 (2 * 63 * 127).
+                        let p = _mm256_maddubs_epi16(qk, load(aq.add(e)));
+                        let s = e / 16;
+                        let scales = _mm256_setr_m128i(
+                            _mm_set1_epi16(sc[s] as i8 as i16),
+                            _mm_set1_epi16(sc[s + 1] as i8 as i16),
+                        );
+                        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, scales));
+                    }
+                }
+                hsum(acc) - 32 * offset
+            }
+        }
+    }
 }
