@@ -64,18 +64,21 @@ fn server_prompt_batches(n: usize, swa: bool) -> Vec<std::ops::Range<usize>> {
 /// implementations can swap the top two tokens where llama.cpp's own top-2
 /// log-probability margin is this small (its logits move by up to ~0.7 nats
 /// between its quantized and f32 runs; see tests/fixtures/reference).
+/// Tolerated only with `TROUPE_GOLDEN_NEAR_TIES=1` (e.g. against fixtures
+/// from another llama.cpp build): our numerics follow the fixtures' build
+/// (see scripts/fixtures/README.md), so by default every token must match.
 const NEAR_TIE_NATS: f64 = 0.5;
 
 /// Serialises the model tests: each engine has its own spinning thread pool.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-/// Compares greedy tokens with llama.cpp's. Every step must match exactly,
-/// except at a near-tie: where we pick a token that llama.cpp itself rates
-/// within [`NEAR_TIE_NATS`] of its best (from its recorded top-3), the case
-/// ends there (the continuations legitimately differ from that point) and
-/// the swap is reported.
+/// Compares greedy tokens with llama.cpp's. Every step must match exactly;
+/// with `TROUPE_GOLDEN_NEAR_TIES=1`, where we pick a token that llama.cpp
+/// itself rates within [`NEAR_TIE_NATS`] of its best (from its recorded
+/// top-3), the case ends there and the swap is only reported.
 fn greedy_matches_llama_cpp(name: &str) {
     let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let tolerate_ties = std::env::var("TROUPE_GOLDEN_NEAR_TIES").is_ok_and(|v| v == "1");
     // TROUPE_GREEDY_FIXTURES: another directory of greedy fixtures (e.g. made
     // with a differently built llama.cpp), for comparisons by hand.
     let path = match std::env::var_os("TROUPE_GREEDY_FIXTURES") {
@@ -123,7 +126,7 @@ fn greedy_matches_llama_cpp(name: &str) {
                     tok.token_text(next),
                     tok.token_text(w)
                 );
-                if margin.is_some_and(|m| m < NEAR_TIE_NATS) {
+                if tolerate_ties && margin.is_some_and(|m| m < NEAR_TIE_NATS) {
                     ties.push(msg);
                 } else {
                     failures.push(msg);
