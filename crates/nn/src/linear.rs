@@ -4,6 +4,12 @@
 //! `vec_dot_type` ([`QuantizedInput`]), then splits the weight rows over the
 //! pool; each weight row is read once and dotted with every token of the
 //! batch while it is hot in cache.
+//!
+//! For repacked Q4_K and tiled Q6_K weights the dot product follows the
+//! kernel llama.cpp picks for the batch (`formats::ggml_mm`), so, as in
+//! llama.cpp, a row's result can depend on the batch size and on its place
+//! in the batch (a sequence in a ragged batch is then not bit-identical to
+//! the same sequence run alone).
 
 use crate::tensor::{LoadError, MappedTensor, WeightSource};
 use troupe_gguf::GgmlType;
