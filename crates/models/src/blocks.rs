@@ -64,27 +64,58 @@ pub fn rope(
     }
 }
 
-/// Final norm and output projection for `batch.logits_rows`, into `ws.logits`.
-pub fn logits(
-    batch: &Batch,
+/// Before the last layer's feed-forward, llama.cpp keeps only the rows that
+/// want logits (`inp_out_ids`), so that block's matmuls see that many rows
+/// (which can change the kernel it picks). Moves those rows of `x` and of
+/// `y` (`[rows, d]` each) to the front, in order, and returns their count;
+/// the logits rows are then `0..count` (see [`logits_compacted`]).
+pub fn keep_logits_rows(batch: &Batch, d: usize, x: &mut [f32], y: &mut [f32]) -> usize {
+    for (i, &row) in batch.logits_rows.iter().enumerate() {
+        // Rows are increasing, so `row >= i` and nothing unread is overwritten.
+        if row != i {
+            x.copy_within(row * d..(row + 1) * d, i * d);
+            y.copy_within(row * d..(row + 1) * d, i * d);
+        }
+    }
+    batch.logits_rows.len()
+}
+
+/// Final norm and output projection into `ws.logits` for the first `n` rows
+/// of `ws.x` (the logits rows, moved there by [`keep_logits_rows`]).
+pub fn logits_compacted(
+    n: usize,
     cfg: &ModelConfig,
     norm: &RmsNorm,
     output: &Linear,
     ws: &mut Workspace,
     pool: &ThreadPool,
 ) {
-    let n = batch.logits_rows.len();
+    logits_of_rows(n, |i| i, cfg, norm, output, ws, pool);
+}
+
+fn logits_of_rows(
+    n: usize,
+    row_of: impl Fn(usize) -> usize,
+    cfg: &ModelConfig,
+    norm: &RmsNorm,
+    output: &Linear,
+    ws: &mut Workspace,
+    pool: &ThreadPool,
+) {
     let d = cfg.n_embd;
     ws.reserve_logits(n, d);
     if n == 0 {
         return;
     }
-    for (i, &row) in batch.logits_rows.iter().enumerate() {
+    for i in 0..n {
+        let row = row_of(i);
         norm.forward(
             &ws.x[row * d..(row + 1) * d],
             &mut ws.last[i * d..(i + 1) * d],
         );
     }
+    crate::debug::dump("result_norm", usize::MAX, &ws.last[..n * d]);
     ws.qin.prepare(&ws.last[..n * d], n, d, &[output], pool);
     output.forward(&ws.qin, &mut ws.logits[..n * cfg.n_vocab], pool);
+    crate::debug::dump("result_output", usize::MAX, &ws.logits[..n * cfg.n_vocab]);
 }

@@ -6,6 +6,7 @@
 //! llama.cpp's `gemma3` graph. GGUF norm weights already include Gemma's +1.
 
 use crate::blocks;
+use crate::debug::dump;
 use crate::{Model, ModelConfig, Workspace};
 use troupe_kernels::ops::{add_inplace, geglu_inplace, scale_inplace};
 use troupe_nn::{
@@ -102,6 +103,7 @@ impl Model for Gemma3 {
         let q_scale = 1.0 / (hd as f32).sqrt();
         self.embd.forward(&batch.tokens, &mut ws.x[..n * d]);
         scale_inplace(&mut ws.x[..n * d], (d as f32).sqrt());
+        dump("inp_scaled", usize::MAX, &ws.x[..n * d]);
         blocks::rope_tables(batch, c.rope_dims, c.rope_base, &mut ws.rope);
         blocks::rope_tables(batch, c.rope_dims, c.rope_base_swa, &mut ws.rope_swa);
         for (il, l) in self.layers.iter().enumerate() {
@@ -115,11 +117,15 @@ impl Model for Gemma3 {
             };
             let table = if l.local { &ws.rope_swa } else { &ws.rope };
             l.attn_norm.forward(&ws.x[..n * d], &mut ws.xn[..n * d]);
+            dump("attn_norm", il, &ws.xn[..n * d]);
             ws.qin
                 .prepare(&ws.xn[..n * d], n, d, &[&l.wq, &l.wk, &l.wv], pool);
             l.wq.forward(&ws.qin, &mut ws.q[..n * qd], pool);
             l.wk.forward(&ws.qin, &mut ws.k[..n * kvd], pool);
             l.wv.forward(&ws.qin, &mut ws.v[..n * kvd], pool);
+            dump("Qcur", il, &ws.q[..n * qd]);
+            dump("Kcur", il, &ws.k[..n * kvd]);
+            dump("Vcur", il, &ws.v[..n * kvd]);
             l.q_norm.forward_inplace(&mut ws.q[..n * qd]);
             l.k_norm.forward_inplace(&mut ws.k[..n * kvd]);
             blocks::rope(&mut ws.q, n, c.n_head, hd, c.rope_dims, table, c.rope_style);
@@ -132,7 +138,9 @@ impl Model for Gemma3 {
                 table,
                 c.rope_style,
             );
+            dump("Krope", il, &ws.k[..n * kvd]);
             scale_inplace(&mut ws.q[..n * qd], q_scale);
+            dump("Qscaled", il, &ws.q[..n * qd]);
             store_kv(kv, il, batch, &ws.k[..n * kvd], &ws.v[..n * kvd]);
             attention(
                 &attn,
@@ -145,23 +153,38 @@ impl Model for Gemma3 {
                 ws.max_ctx,
                 pool,
             );
+            dump("kqv_out", il, &ws.attn[..n * qd]);
             ws.qin.prepare(&ws.attn[..n * qd], n, qd, &[&l.wo], pool);
             l.wo.forward(&ws.qin, &mut ws.tmp[..n * d], pool);
+            dump("attn_out", il, &ws.tmp[..n * d]);
+            // The last layer goes on with the logits rows only (as llama.cpp).
+            let n = if il + 1 == self.layers.len() {
+                blocks::keep_logits_rows(batch, d, &mut ws.x[..n * d], &mut ws.tmp[..n * d])
+            } else {
+                n
+            };
             l.post_attn_norm.forward_inplace(&mut ws.tmp[..n * d]);
             add_inplace(&mut ws.x[..n * d], &ws.tmp[..n * d]);
+            dump("sa_out", il, &ws.x[..n * d]);
 
             l.ffn_norm.forward(&ws.x[..n * d], &mut ws.xn[..n * d]);
             ws.qin
                 .prepare(&ws.xn[..n * d], n, d, &[&l.gate, &l.up], pool);
             l.gate.forward(&ws.qin, &mut ws.gate[..n * ff], pool);
             l.up.forward(&ws.qin, &mut ws.up[..n * ff], pool);
+            dump("ffn_gate", il, &ws.gate[..n * ff]);
+            dump("ffn_up", il, &ws.up[..n * ff]);
             geglu_inplace(&mut ws.gate[..n * ff], &ws.up[..n * ff]);
+            dump("ffn_geglu", il, &ws.gate[..n * ff]);
             ws.qin.prepare(&ws.gate[..n * ff], n, ff, &[&l.down], pool);
             l.down.forward(&ws.qin, &mut ws.tmp[..n * d], pool);
+            dump("ffn_out", il, &ws.tmp[..n * d]);
             l.post_ffn_norm.forward_inplace(&mut ws.tmp[..n * d]);
             add_inplace(&mut ws.x[..n * d], &ws.tmp[..n * d]);
+            dump("l_out", il, &ws.x[..n * d]);
         }
-        blocks::logits(batch, c, &self.out_norm, &self.output, ws, pool);
+        let n_out = batch.logits_rows.len();
+        blocks::logits_compacted(n_out, c, &self.out_norm, &self.output, ws, pool);
         Ok(())
     }
 }

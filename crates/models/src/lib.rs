@@ -5,6 +5,7 @@
 
 mod blocks;
 mod config;
+pub mod debug;
 mod gemma3;
 mod llama;
 mod qwen2;

@@ -4,6 +4,7 @@
 //! Qwen2 is this with biases on Q/K/V and NeoX RoPE (see `qwen2.rs`).
 
 use crate::blocks;
+use crate::debug::dump;
 use crate::{Model, ModelConfig, Workspace};
 use troupe_kernels::ops::{add_inplace, swiglu_inplace};
 use troupe_nn::{
@@ -105,13 +106,18 @@ impl Model for Llama {
         };
         self.embd.forward(&batch.tokens, &mut ws.x[..n * d]);
         blocks::rope_tables(batch, c.rope_dims, c.rope_base, &mut ws.rope);
+        dump("embd", usize::MAX, &ws.x[..n * d]);
         for (il, l) in self.layers.iter().enumerate() {
             l.attn_norm.forward(&ws.x[..n * d], &mut ws.xn[..n * d]);
+            dump("attn_norm", il, &ws.xn[..n * d]);
             ws.qin
                 .prepare(&ws.xn[..n * d], n, d, &[&l.wq, &l.wk, &l.wv], pool);
             l.wq.forward(&ws.qin, &mut ws.q[..n * qd], pool);
             l.wk.forward(&ws.qin, &mut ws.k[..n * kvd], pool);
             l.wv.forward(&ws.qin, &mut ws.v[..n * kvd], pool);
+            dump("Qcur", il, &ws.q[..n * qd]);
+            dump("Kcur", il, &ws.k[..n * kvd]);
+            dump("Vcur", il, &ws.v[..n * kvd]);
             blocks::rope(
                 &mut ws.q,
                 n,
@@ -130,6 +136,8 @@ impl Model for Llama {
                 &ws.rope,
                 c.rope_style,
             );
+            dump("Qrope", il, &ws.q[..n * qd]);
+            dump("Krope", il, &ws.k[..n * kvd]);
             store_kv(kv, il, batch, &ws.k[..n * kvd], &ws.v[..n * kvd]);
             attention(
                 &attn,
@@ -142,21 +150,37 @@ impl Model for Llama {
                 ws.max_ctx,
                 pool,
             );
+            dump("kqv_out", il, &ws.attn[..n * qd]);
             ws.qin.prepare(&ws.attn[..n * qd], n, qd, &[&l.wo], pool);
             l.wo.forward(&ws.qin, &mut ws.tmp[..n * d], pool);
+            dump("attn_out", il, &ws.tmp[..n * d]);
+            let last = il + 1 == self.layers.len();
+            let n = if last {
+                blocks::keep_logits_rows(batch, d, &mut ws.x[..n * d], &mut ws.tmp[..n * d])
+            } else {
+                n
+            };
             add_inplace(&mut ws.x[..n * d], &ws.tmp[..n * d]);
+            dump("ffn_inp", il, &ws.x[..n * d]);
 
             l.ffn_norm.forward(&ws.x[..n * d], &mut ws.xn[..n * d]);
+            dump("ffn_norm", il, &ws.xn[..n * d]);
             ws.qin
                 .prepare(&ws.xn[..n * d], n, d, &[&l.gate, &l.up], pool);
             l.gate.forward(&ws.qin, &mut ws.gate[..n * ff], pool);
             l.up.forward(&ws.qin, &mut ws.up[..n * ff], pool);
+            dump("ffn_gate", il, &ws.gate[..n * ff]);
+            dump("ffn_up", il, &ws.up[..n * ff]);
             swiglu_inplace(&mut ws.gate[..n * ff], &ws.up[..n * ff]);
+            dump("ffn_swiglu", il, &ws.gate[..n * ff]);
             ws.qin.prepare(&ws.gate[..n * ff], n, ff, &[&l.down], pool);
             l.down.forward(&ws.qin, &mut ws.tmp[..n * d], pool);
+            dump("ffn_out", il, &ws.tmp[..n * d]);
             add_inplace(&mut ws.x[..n * d], &ws.tmp[..n * d]);
+            dump("l_out", il, &ws.x[..n * d]);
         }
-        blocks::logits(batch, c, &self.out_norm, &self.output, ws, pool);
+        let n_out = batch.logits_rows.len();
+        blocks::logits_compacted(n_out, c, &self.out_norm, &self.output, ws, pool);
         Ok(())
     }
 }

@@ -4,6 +4,12 @@
 //! `vec_dot_type` ([`QuantizedInput`]), then splits the weight rows over the
 //! pool; each weight row is read once and dotted with every token of the
 //! batch while it is hot in cache.
+//!
+//! For repacked Q4_K and tiled Q6_K weights the dot product follows the
+//! kernel llama.cpp picks for the batch (`formats::ggml_mm`), so, as in
+//! llama.cpp, a row's result can depend on the batch size and on its place
+//! in the batch (a sequence in a ragged batch is then not bit-identical to
+//! the same sequence run alone).
 
 use crate::tensor::{LoadError, MappedTensor, WeightSource};
 use troupe_gguf::GgmlType;
@@ -78,7 +84,14 @@ impl Linear {
         let w_row = w.len() / self.n_out;
         let n_in = self.n_in;
         let n_out = self.n_out;
-        let dot = self.ops.vec_dot;
+        // Where llama.cpp's matmul for this batch size is not `vec_dot`
+        // (repacked or tiled K-quants), follow its float order instead.
+        let dots = troupe_kernels::formats::ggml_mm::matmul_dots(
+            self.w.ty,
+            n_out,
+            n_tokens,
+            self.ops.vec_dot,
+        );
         let bias = self.bias.as_deref();
         let out = UnsafeSlice::new(&mut out[..n_tokens * n_out]);
         pool.for_ranges(n_out, ROW_ALIGN, |rows| {
@@ -86,6 +99,7 @@ impl Linear {
                 let wr = &w[r * w_row..(r + 1) * w_row];
                 let b = bias.map_or(0.0, |b| b[r]);
                 for t in 0..n_tokens {
+                    let dot = dots.for_row(t);
                     let v = dot(n_in, wr, &xq[t * x_row..(t + 1) * x_row]) + b;
                     // SAFETY: each thread owns a disjoint set of rows `r`.
                     unsafe { out.write(t * n_out + r, v) };

@@ -29,9 +29,9 @@ use troupe_gguf::GgmlType;
 
 /// Bytes per super-block.
 pub const BLOCK_BYTES: usize = 2 + 2 + 12 + QK_K / 2;
-const D: usize = 0;
-const DMIN: usize = 2;
-const SCALES: usize = 4;
+pub(crate) const D: usize = 0;
+pub(crate) const DMIN: usize = 2;
+pub(crate) const SCALES: usize = 4;
 const QS: usize = 16;
 
 // ---------------------------------------------------------------------------
@@ -198,7 +198,7 @@ pub(crate) fn affine_to_f32_scalar(
 // Scalar reference.
 
 /// The 256 unsigned 4-bit quants of a block, element order.
-fn decode(x: &[u8], q: &mut [u8; QK_K]) {
+pub(crate) fn decode(x: &[u8], q: &mut [u8; QK_K]) {
     for c in 0..4 {
         for l in 0..32 {
             let b = x[QS + 32 * c + l];

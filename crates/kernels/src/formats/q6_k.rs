@@ -30,8 +30,8 @@ use troupe_gguf::GgmlType;
 pub const BLOCK_BYTES: usize = QK_K / 2 + QK_K / 4 + QK_K / 16 + 2;
 const QL: usize = 0;
 const QH: usize = QK_K / 2;
-const SCALES: usize = QK_K / 2 + QK_K / 4;
-const D: usize = SCALES + QK_K / 16;
+pub(crate) const SCALES: usize = QK_K / 2 + QK_K / 4;
+pub(crate) const D: usize = SCALES + QK_K / 16;
 
 // ---------------------------------------------------------------------------
 // Scalar reference.
@@ -40,7 +40,7 @@ const D: usize = SCALES + QK_K / 16;
 /// the `- 32`), element order: in half `h`, element `32k + l` takes nibble
 /// `k / 2` of `ql[64h + 32 (k % 2) + l]` and bits `2k..2k + 2` of
 /// `qh[32h + l]`.
-fn decode(x: &[u8], q: &mut [u8; QK_K]) {
+pub(crate) fn decode(x: &[u8], q: &mut [u8; QK_K]) {
     for h in 0..2 {
         for l in 0..32 {
             let (l0, l1) = (x[QL + 64 * h + l], x[QL + 64 * h + 32 + l]);
