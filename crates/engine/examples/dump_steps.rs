@@ -52,6 +52,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             seq,
             tokens: &[t],
             logits: true,
+            span: 0,
         }])?;
         write(e.logits(0).ok_or("no logits")?, i + 1)?;
     }
