@@ -2,7 +2,8 @@
 # Alternating runs of `troupe bench` and llama.cpp's `llama-bench` on the same
 # model, threads and token counts. Usage:
 #   LLAMA_BENCH=/path/to/llama-bench bench/compare.sh [MODEL...] 
-# Env: THREADS (2), ROUNDS (3), PP (512), TG (128). Prints one line per run
+# Env: THREADS (2), ROUNDS (3), PP (512), TG (128), LLAMA_BENCH_ARGS (extra
+# llama-bench flags, e.g. "--repack 0" where AMX crashes). Prints one line per run
 # and a JSON summary of medians and ratios. Not part of the test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,7 +19,7 @@ for m in "${models[@]}"; do
   for r in $(seq "$ROUNDS"); do
     j=$($T bench -m "$m" -t "$THREADS" --prompt-tokens "$PP" --gen-tokens "$TG" --reps 1 --json 2>/dev/null)
     echo "troupe $m $(python3 -c 'import json,sys;d=json.loads(sys.argv[1]);print(d["prefill_tok_s"],d["decode_tok_s"])' "$j")" | tee -a "$out"
-    l=$("$LLAMA_BENCH" -m "$path" -t "$THREADS" -p "$PP" -n "$TG" -r 1 -o json 2>/dev/null)
+    l=$("$LLAMA_BENCH" -m "$path" -t "$THREADS" -p "$PP" -n "$TG" -r 1 -o json ${LLAMA_BENCH_ARGS:-} 2>/dev/null)
     echo "llama.cpp $m $(python3 -c 'import json,sys;d=json.loads(sys.argv[1]);pp=[x["avg_ts"] for x in d if x["n_prompt"]>0][0];tg=[x["avg_ts"] for x in d if x["n_gen"]>0][0];print(pp,tg)' "$l")" | tee -a "$out"
   done
 done
