@@ -101,6 +101,7 @@ pub fn attention(
         out: &out,
         n_items: n_rows * p.n_head,
         next: AtomicUsize::new(0),
+        f16c: has_avx2_f16c(),
     };
     pool.run(|ti, _| {
         // SAFETY: thread `ti` owns its scratch region.
@@ -127,6 +128,8 @@ struct Work<'a> {
     out: &'a UnsafeSlice<'a, f32>,
     n_items: usize,
     next: AtomicUsize,
+    /// AVX2 + FMA + F16C available (for the vectorised one-key path).
+    f16c: bool,
 }
 
 impl Work<'_> {
@@ -174,6 +177,12 @@ impl Work<'_> {
             if batch.seqs[seq].tiled {
                 attend_tiled(&rows, qh, lo, pos, p.scale, o, s);
             } else {
+                #[cfg(target_arch = "x86_64")]
+                if self.f16c && hd % 32 == 0 {
+                    // SAFETY: the CPU has AVX2, FMA and F16C (checked once).
+                    unsafe { attend_online_f16_avx2(&rows, qh, lo, pos, p.scale, o, s) };
+                    continue;
+                }
                 attend_online_f16(&rows, qh, lo, pos, p.scale, o, s);
             }
         }
@@ -190,7 +199,36 @@ struct KvRows<'a> {
     hd: usize,
 }
 
+fn has_avx2_f16c() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+            && std::arch::is_x86_feature_detected!("f16c")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 impl KvRows<'_> {
+    /// Key at `pos` as stored (f16).
+    #[inline(always)]
+    fn k_f16(&self, pos: usize) -> &[f16] {
+        let blk = self.table[pos / self.bs] as usize;
+        let slot = pos % self.bs;
+        &self.kv.k_block(self.layer, blk, self.head)[slot * self.hd..(slot + 1) * self.hd]
+    }
+
+    /// Value at `pos` as stored (f16).
+    #[inline(always)]
+    fn v_f16(&self, pos: usize) -> &[f16] {
+        let blk = self.table[pos / self.bs] as usize;
+        let slot = pos % self.bs;
+        &self.kv.v_block(self.layer, blk, self.head)[slot * self.hd..(slot + 1) * self.hd]
+    }
+
     #[inline(always)]
     fn k(&self, pos: usize, out: &mut [f32]) {
         let blk = self.table[pos / self.bs] as usize;
@@ -262,6 +300,82 @@ fn attend_online_f16(
     }
 }
 
+/// [`attend_online_f16`] vectorised the way ggml's AVX2 build does it (F16C
+/// conversions, 8-lane FMAs in the same order), with the same results bit
+/// for bit; `head_dim` must be a multiple of 32.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn attend_online_f16_avx2(
+    rows: &KvRows,
+    q: &[f32],
+    lo: usize,
+    pos: usize,
+    scale: f32,
+    out: &mut [f32],
+    scratch: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    const NEAREST: i32 = _MM_FROUND_TO_NEAREST_INT;
+    let hd = rows.hd;
+    debug_assert!(hd % 32 == 0 && q.len() >= hd && out.len() >= hd);
+    let (qh, rest) = scratch.split_at_mut(hd);
+    let acc = &mut rest[..hd];
+    // SAFETY (all loads/stores below): every index is < hd, and each of
+    // q, qh, acc, out and the K/V rows holds at least hd elements.
+    unsafe {
+        for i in (0..hd).step_by(8) {
+            let x = _mm256_loadu_ps(q.as_ptr().add(i));
+            let r = _mm256_cvtph_ps(_mm256_cvtps_ph::<NEAREST>(x));
+            _mm256_storeu_ps(qh.as_mut_ptr().add(i), r);
+            _mm256_storeu_ps(acc.as_mut_ptr().add(i), _mm256_setzero_ps());
+        }
+        let (mut sum, mut max) = (0f32, f32::NEG_INFINITY);
+        for j in lo..=pos {
+            let k = rows.k_f16(j).as_ptr() as *const __m128i;
+            let mut a = [_mm256_setzero_ps(); 4];
+            for c in (0..hd).step_by(32) {
+                for (jj, aj) in a.iter_mut().enumerate() {
+                    let kv = _mm256_cvtph_ps(_mm_loadu_si128(k.add((c + jj * 8) / 8)));
+                    let qv = _mm256_loadu_ps(qh.as_ptr().add(c + jj * 8));
+                    *aj = _mm256_fmadd_ps(kv, qv, *aj);
+                }
+            }
+            let s8 = _mm256_add_ps(_mm256_add_ps(a[0], a[2]), _mm256_add_ps(a[1], a[3]));
+            let t4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps::<1>(s8));
+            let mut t = [0f32; 4];
+            _mm_storeu_ps(t.as_mut_ptr(), t4);
+            let dot = (((t[0] + t[1]) + (t[2] + t[3])) as f64) as f32;
+            let s = dot * scale;
+            let (mut ms, mut vs) = (1f32, 1f32);
+            if s > max {
+                ms = (max - s).exp();
+                max = s;
+                let m = _mm256_set1_ps(ms);
+                for i in (0..hd).step_by(8) {
+                    let p = acc.as_mut_ptr().add(i);
+                    let r = _mm256_mul_ps(_mm256_loadu_ps(p), m);
+                    _mm256_storeu_ps(p, _mm256_cvtph_ps(_mm256_cvtps_ph::<NEAREST>(r)));
+                }
+            } else {
+                vs = (s - max).exp();
+            }
+            let v = rows.v_f16(j).as_ptr() as *const __m128i;
+            let w = _mm256_set1_ps(vs);
+            for i in (0..hd).step_by(8) {
+                let p = acc.as_mut_ptr().add(i);
+                let vv = _mm256_cvtph_ps(_mm_loadu_si128(v.add(i / 8)));
+                let r = _mm256_fmadd_ps(vv, w, _mm256_loadu_ps(p));
+                _mm256_storeu_ps(p, _mm256_cvtph_ps(_mm256_cvtps_ph::<NEAREST>(r)));
+            }
+            sum = sum.mul_add(ms, vs);
+        }
+        let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
+        for (o, &a) in out.iter_mut().zip(acc.iter()) {
+            *o = a * inv;
+        }
+    }
+}
+
 /// ggml's `ggml_compute_forward_flash_attn_ext_tiled` for one query row:
 /// keys in tiles of 64 cache cells, `q·k` as an FMA chain with Q in f32,
 /// per-tile max and `exp` by [`ggml_soft_max_exp`], and `P·V` accumulated in
@@ -313,5 +427,71 @@ fn attend_tiled(
     let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
     for (o, &x) in out.iter_mut().zip(acc.iter()) {
         *o = x * inv;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kv::KvLayout;
+
+    /// Named tolerance: the vectorised one-key path must equal the scalar
+    /// reference exactly.
+    const ONLINE_AVX2_MAX_ULPS: u32 = 0;
+
+    #[test]
+    fn online_avx2_matches_scalar_reference() {
+        if !has_avx2_f16c() {
+            eprintln!("skipped: no AVX2/FMA/F16C");
+            return;
+        }
+        #[cfg(target_arch = "x86_64")]
+        for &hd in &[64usize, 256] {
+            let layout = KvLayout {
+                n_layers: 1,
+                n_kv_heads: 1,
+                head_dim: hd,
+                block_size: 16,
+                n_blocks: 8,
+            };
+            let mut kv = KvCache::new(layout);
+            let mut x = 0x1234_5678u32;
+            let mut rnd = move || {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                (x as f32 / u32::MAX as f32 - 0.5) * 6.0
+            };
+            let table: Vec<u32> = (0..8).rev().collect();
+            for pos in 0..128 {
+                let k: Vec<f32> = (0..hd).map(|_| rnd()).collect();
+                let v: Vec<f32> = (0..hd).map(|_| rnd()).collect();
+                kv.write(0, table[pos / 16] as usize, pos % 16, &k, &v);
+            }
+            let rows = KvRows {
+                kv: &kv,
+                layer: 0,
+                table: &table,
+                head: 0,
+                bs: 16,
+                hd,
+            };
+            for (lo, pos) in [(0usize, 0usize), (0, 127), (5, 90), (100, 127)] {
+                let q: Vec<f32> = (0..hd).map(|_| rnd()).collect();
+                let mut s1 = vec![0f32; 4 * hd];
+                let mut s2 = vec![0f32; 4 * hd];
+                let (mut o1, mut o2) = (vec![0f32; hd], vec![0f32; hd]);
+                attend_online_f16(&rows, &q, lo, pos, 0.125, &mut o1, &mut s1);
+                // SAFETY: the features were checked above.
+                unsafe { attend_online_f16_avx2(&rows, &q, lo, pos, 0.125, &mut o2, &mut s2) };
+                for (a, b) in o1.iter().zip(&o2) {
+                    let ulps = (a.to_bits() as i64 - b.to_bits() as i64).unsigned_abs() as u32;
+                    assert!(
+                        ulps <= ONLINE_AVX2_MAX_ULPS,
+                        "hd {hd} ({lo}..={pos}): {a} vs {b}"
+                    );
+                }
+            }
+        }
     }
 }
