@@ -38,7 +38,7 @@ pub struct ServeArgs {
     prefill_chunk: usize,
     /// While replies are streaming, prompt chunks are sized so one engine
     /// step takes about this many milliseconds (0: always --prefill-chunk).
-    #[arg(long, default_value_t = 150)]
+    #[arg(long, default_value_t = 60)]
     step_target_ms: u64,
     /// Largest request body in bytes.
     #[arg(long, default_value_t = 4 << 20)]

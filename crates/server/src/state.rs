@@ -48,7 +48,7 @@ impl Default for ServerConfig {
             max_concurrent: 8,
             max_queue: 64,
             prefill_chunk: 256,
-            step_target: Some(Duration::from_millis(150)),
+            step_target: Some(Duration::from_millis(60)),
             max_body_bytes: 4 << 20,
             drain_timeout: Duration::from_secs(30),
         }
