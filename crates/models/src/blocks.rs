@@ -1,8 +1,10 @@
 //! Steps every architecture shares: batch checks, RoPE tables, the final
 //! norm + output projection for the rows that want logits.
 
+use crate::debug::dump;
 use crate::{ModelConfig, Workspace};
 use troupe_kernels::ops::{rope_apply, rope_cache};
+use troupe_nn::{attention, store_kv, AttentionParams};
 use troupe_nn::{Batch, BatchError, KvCache, Linear, RmsNorm, RopeStyle, ThreadPool};
 
 /// Checks the batch against the model, cache and workspace limits.
@@ -118,4 +120,36 @@ fn logits_of_rows(
     ws.qin.prepare(&ws.last[..n * d], n, d, &[output], pool);
     output.forward(&ws.qin, &mut ws.logits[..n * cfg.n_vocab], pool);
     crate::debug::dump("result_output", usize::MAX, &ws.logits[..n * cfg.n_vocab]);
+}
+
+/// The attention sub-block every architecture shares: stores this step's K
+/// and V, attends (`ws.q` → `ws.attn`) and applies the output projection
+/// into `ws.tmp` (`[n, d]`). Q and K must already be roped/normed.
+#[allow(clippy::too_many_arguments)]
+pub fn attend_and_project(
+    attn: &AttentionParams,
+    il: usize,
+    batch: &Batch,
+    kv: &mut KvCache,
+    ws: &mut Workspace,
+    wo: &Linear,
+    (n, qd, kvd, d): (usize, usize, usize, usize),
+    pool: &ThreadPool,
+) {
+    store_kv(kv, il, batch, &ws.k[..n * kvd], &ws.v[..n * kvd]);
+    attention(
+        attn,
+        il,
+        batch,
+        kv,
+        &ws.q,
+        &mut ws.attn,
+        &mut ws.attn_scratch,
+        ws.max_ctx,
+        pool,
+    );
+    dump("kqv_out", il, &ws.attn[..n * qd]);
+    ws.qin.prepare(&ws.attn[..n * qd], n, qd, &[wo], pool);
+    wo.forward(&ws.qin, &mut ws.tmp[..n * d], pool);
+    dump("attn_out", il, &ws.tmp[..n * d]);
 }

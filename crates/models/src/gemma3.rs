@@ -10,8 +10,8 @@ use crate::debug::dump;
 use crate::{Model, ModelConfig, Workspace};
 use troupe_kernels::ops::{add_inplace, geglu_inplace, scale_inplace};
 use troupe_nn::{
-    attention, store_kv, AttentionParams, Batch, BatchError, Embedding, KvCache, Linear, LoadError,
-    RmsNorm, ThreadPool, WeightSource,
+    AttentionParams, Batch, BatchError, Embedding, KvCache, Linear, LoadError, RmsNorm, ThreadPool,
+    WeightSource,
 };
 
 /// One layer in `SWA_PATTERN` attends globally (the last of each group).
@@ -141,22 +141,7 @@ impl Model for Gemma3 {
             dump("Krope", il, &ws.k[..n * kvd]);
             scale_inplace(&mut ws.q[..n * qd], q_scale);
             dump("Qscaled", il, &ws.q[..n * qd]);
-            store_kv(kv, il, batch, &ws.k[..n * kvd], &ws.v[..n * kvd]);
-            attention(
-                &attn,
-                il,
-                batch,
-                kv,
-                &ws.q,
-                &mut ws.attn,
-                &mut ws.attn_scratch,
-                ws.max_ctx,
-                pool,
-            );
-            dump("kqv_out", il, &ws.attn[..n * qd]);
-            ws.qin.prepare(&ws.attn[..n * qd], n, qd, &[&l.wo], pool);
-            l.wo.forward(&ws.qin, &mut ws.tmp[..n * d], pool);
-            dump("attn_out", il, &ws.tmp[..n * d]);
+            blocks::attend_and_project(&attn, il, batch, kv, ws, &l.wo, (n, qd, kvd, d), pool);
             // The last layer goes on with the logits rows only (as llama.cpp).
             let n = if il + 1 == self.layers.len() {
                 blocks::keep_logits_rows(batch, d, &mut ws.x[..n * d], &mut ws.tmp[..n * d])

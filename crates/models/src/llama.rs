@@ -8,8 +8,8 @@ use crate::debug::dump;
 use crate::{Model, ModelConfig, Workspace};
 use troupe_kernels::ops::{add_inplace, swiglu_inplace};
 use troupe_nn::{
-    attention, store_kv, AttentionParams, Batch, BatchError, Embedding, KvCache, Linear, LoadError,
-    RmsNorm, ThreadPool, WeightSource,
+    AttentionParams, Batch, BatchError, Embedding, KvCache, Linear, LoadError, RmsNorm, ThreadPool,
+    WeightSource,
 };
 
 /// What distinguishes members of the family.
@@ -138,22 +138,7 @@ impl Model for Llama {
             );
             dump("Qrope", il, &ws.q[..n * qd]);
             dump("Krope", il, &ws.k[..n * kvd]);
-            store_kv(kv, il, batch, &ws.k[..n * kvd], &ws.v[..n * kvd]);
-            attention(
-                &attn,
-                il,
-                batch,
-                kv,
-                &ws.q,
-                &mut ws.attn,
-                &mut ws.attn_scratch,
-                ws.max_ctx,
-                pool,
-            );
-            dump("kqv_out", il, &ws.attn[..n * qd]);
-            ws.qin.prepare(&ws.attn[..n * qd], n, qd, &[&l.wo], pool);
-            l.wo.forward(&ws.qin, &mut ws.tmp[..n * d], pool);
-            dump("attn_out", il, &ws.tmp[..n * d]);
+            blocks::attend_and_project(&attn, il, batch, kv, ws, &l.wo, (n, qd, kvd, d), pool);
             let last = il + 1 == self.layers.len();
             let n = if last {
                 blocks::keep_logits_rows(batch, d, &mut ws.x[..n * d], &mut ws.tmp[..n * d])

@@ -423,14 +423,20 @@ async fn completion_prompt(
             v.remove(0)
         }
     };
-    let n_vocab = st.tok.vocab_size();
-    if let Some(bad) = ids.iter().find(|&&t| t as usize >= n_vocab) {
-        return Err(ApiError::invalid(
-            "prompt",
-            format!("token id {bad} is outside the vocabulary of {n_vocab}"),
-        ));
-    }
+    check_ids(st, &ids, "prompt")?;
     Ok(ids)
+}
+
+/// Refuses token ids outside the vocabulary.
+fn check_ids(st: &AppState, ids: &[u32], param: &str) -> Result<(), ApiError> {
+    let n_vocab = st.tok.vocab_size();
+    match ids.iter().find(|&&t| t as usize >= n_vocab) {
+        Some(bad) => Err(ApiError::invalid(
+            param,
+            format!("token id {bad} is outside the vocabulary of {n_vocab}"),
+        )),
+        None => Ok(()),
+    }
 }
 
 async fn tokenize_text(
@@ -618,13 +624,7 @@ async fn detokenize(
     Json(req): Json<p::DetokenizeRequest>,
 ) -> Result<Json<p::DetokenizeResponse>, ApiError> {
     check_model(&st, req.model.as_deref())?;
-    let n_vocab = st.tok.vocab_size();
-    if let Some(bad) = req.tokens.iter().find(|&&t| t as usize >= n_vocab) {
-        return Err(ApiError::invalid(
-            "tokens",
-            format!("token id {bad} is outside the vocabulary of {n_vocab}"),
-        ));
-    }
+    check_ids(&st, &req.tokens, "tokens")?;
     let text = st.tok.decode(&req.tokens);
     Ok(Json(p::DetokenizeResponse {
         content: text.clone(),
