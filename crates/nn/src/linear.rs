@@ -13,6 +13,7 @@
 
 use crate::tensor::{LoadError, MappedTensor, WeightSource};
 use troupe_gguf::GgmlType;
+use troupe_kernels::formats::gemm::{self, GemmFn, PackedInput, GROUP};
 use troupe_kernels::pool::{ThreadPool, UnsafeSlice};
 use troupe_kernels::{fast_ops, QuantOps};
 
@@ -25,6 +26,8 @@ const ROW_ALIGN: usize = 16;
 pub struct Linear {
     w: MappedTensor,
     ops: &'static QuantOps,
+    /// Multi-token kernel, used for batches of two tokens or more.
+    gemm: Option<GemmFn>,
     bias: Option<Vec<f32>>,
     pub n_in: usize,
     pub n_out: usize,
@@ -61,6 +64,7 @@ impl Linear {
         }
         Ok(Linear {
             ops: fast_ops(w.ty),
+            gemm: gemm::kernel(w.ty),
             w,
             bias,
             n_in,
@@ -79,6 +83,9 @@ impl Linear {
         let n_tokens = x.n_tokens;
         assert_eq!(x.cols, self.n_in, "input width mismatch");
         assert!(out.len() >= n_tokens * self.n_out, "output too small");
+        if let (Some(k), Some(packed)) = (self.gemm, x.packed(self.ops.vec_dot_type)) {
+            return self.forward_gemm(k, packed, out, pool);
+        }
         let (xq, x_row) = x.rows(self.ops.vec_dot_type);
         let w = self.w.bytes();
         let w_row = w.len() / self.n_out;
@@ -109,12 +116,46 @@ impl Linear {
     }
 }
 
+impl Linear {
+    /// [`Linear::forward`] with the multi-token kernel: each thread takes
+    /// tiles of [`ROW_ALIGN`] weight rows and runs every token group over a
+    /// tile while it is in L1.
+    fn forward_gemm(&self, k: GemmFn, x: &PackedInput, out: &mut [f32], pool: &ThreadPool) {
+        let (n_tokens, n_out, nb) = (x.n_tokens(), self.n_out, x.blocks());
+        let w = self.w.bytes();
+        let w_row = w.len() / n_out;
+        let bias = self.bias.as_deref();
+        let out = UnsafeSlice::new(&mut out[..n_tokens * n_out]);
+        pool.for_ranges(n_out, ROW_ALIGN, |rows| {
+            let mut tile = [[0f32; GROUP]; ROW_ALIGN];
+            let mut r0 = rows.start;
+            while r0 < rows.end {
+                let r1 = (r0 + ROW_ALIGN).min(rows.end);
+                let tile = &mut tile[..r1 - r0];
+                for g in 0..n_tokens.div_ceil(GROUP) {
+                    k(nb, &w[r0 * w_row..r1 * w_row], x.group(g), tile);
+                    for t in g * GROUP..((g + 1) * GROUP).min(n_tokens) {
+                        for (i, o) in tile.iter().enumerate() {
+                            let b = bias.map_or(0.0, |b| b[r0 + i]);
+                            // SAFETY: each thread owns a disjoint set of rows.
+                            unsafe { out.write(t * n_out + r0 + i, o[t - g * GROUP] + b) };
+                        }
+                    }
+                }
+                r0 = r1;
+            }
+        });
+    }
+}
+
 /// A batch of activation rows quantized for the weight formats that will
 /// consume them; buffers are kept between calls (no allocation per token
 /// once warmed up).
 #[derive(Default)]
 pub struct QuantizedInput {
     bufs: Vec<(GgmlType, Vec<u8>, usize)>,
+    /// The same rows packed for multi-token kernels (two tokens or more).
+    packed: Vec<PackedInput>,
     n_tokens: usize,
     cols: usize,
 }
@@ -138,6 +179,9 @@ impl QuantizedInput {
         self.cols = cols;
         for b in &mut self.bufs {
             b.2 = 0; // mark stale
+        }
+        for p in &mut self.packed {
+            p.reset_stale();
         }
         for l in layers {
             let ty = l.input_type();
@@ -169,7 +213,39 @@ impl QuantizedInput {
                     quant(&x[t * cols..(t + 1) * cols], d);
                 }
             });
+            if n_tokens >= 2 && layers.iter().any(|l| l.gemm.is_some() && l.input_type() == ty) {
+                self.pack(idx, pool);
+            }
         }
+    }
+
+    /// Packs quantized buffer `idx` for the multi-token kernels.
+    fn pack(&mut self, idx: usize, pool: &ThreadPool) {
+        let (ty, ref buf, row_bytes) = self.bufs[idx];
+        let p = match self.packed.iter().position(|p| p.ty() == Some(ty)) {
+            Some(i) => i,
+            None => {
+                self.packed.push(PackedInput::default());
+                self.packed.len() - 1
+            }
+        };
+        let packed = &mut self.packed[p];
+        let groups = packed.reset(ty, self.n_tokens, self.cols);
+        let nb = packed.blocks();
+        let rows = &buf[..row_bytes * self.n_tokens];
+        let recs = UnsafeSlice::new(packed.recs_mut());
+        pool.for_ranges(groups, 1, |gs| {
+            for g in gs {
+                let t1 = ((g + 1) * GROUP).min(self.n_tokens);
+                // SAFETY: groups are disjoint between threads.
+                let dst = unsafe { recs.slice_mut(g * nb..(g + 1) * nb) };
+                gemm::pack_group(ty, nb, &rows[g * GROUP * row_bytes..t1 * row_bytes], dst);
+            }
+        });
+    }
+
+    fn packed(&self, ty: GgmlType) -> Option<&PackedInput> {
+        self.packed.iter().find(|p| p.ty() == Some(ty) && p.n_tokens() != 0)
     }
 
     fn rows(&self, ty: GgmlType) -> (&[u8], usize) {

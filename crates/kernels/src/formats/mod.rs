@@ -11,6 +11,7 @@ use troupe_gguf::GgmlType;
 pub mod bf16;
 pub mod f16;
 pub mod f32;
+pub mod gemm;
 pub mod ggml_mm;
 pub(crate) mod kquant_simd;
 pub mod q4_0;
