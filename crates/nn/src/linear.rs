@@ -213,7 +213,11 @@ impl QuantizedInput {
                     quant(&x[t * cols..(t + 1) * cols], d);
                 }
             });
-            if n_tokens >= 2 && layers.iter().any(|l| l.gemm.is_some() && l.input_type() == ty) {
+            if n_tokens >= 2
+                && layers
+                    .iter()
+                    .any(|l| l.gemm.is_some() && l.input_type() == ty)
+            {
                 self.pack(idx, pool);
             }
         }
@@ -245,7 +249,9 @@ impl QuantizedInput {
     }
 
     fn packed(&self, ty: GgmlType) -> Option<&PackedInput> {
-        self.packed.iter().find(|p| p.ty() == Some(ty) && p.n_tokens() != 0)
+        self.packed
+            .iter()
+            .find(|p| p.ty() == Some(ty) && p.n_tokens() != 0)
     }
 
     fn rows(&self, ty: GgmlType) -> (&[u8], usize) {

@@ -243,10 +243,10 @@ mod x86 {
                 ])));
                 let wd = _mm512_broadcastss_ps(dm);
                 let wm = _mm256_broadcastss_ps(_mm_movehdup_ps(dm));
-                for p in 0..PAIRS {
+                for (p, acc) in acc.iter_mut().enumerate() {
                     let i = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, load_i(&rec.qs[p]));
                     let d = _mm512_mul_ps(wd, load_f(&rec.d[p]));
-                    acc[p] = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(i), acc[p]);
+                    *acc = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(i), *acc);
                 }
                 let s = _mm512_castps512_ps256(_mm512_castsi512_ps(load_u(&rec.x[0])));
                 summs = _mm256_add_ps(summs, _mm256_mul_ps(wm, s));
@@ -269,13 +269,14 @@ mod x86 {
             for (blk, rec) in row.as_chunks::<Q8_0_BYTES>().0.iter().zip(group) {
                 let (qs, _) = blk[2..].as_chunks::<32>();
                 // SAFETY: 32 readable bytes.
-                let v = unsafe { _mm512_broadcast_i64x4(_mm256_loadu_si256(qs[0].as_ptr().cast())) };
+                let v =
+                    unsafe { _mm512_broadcast_i64x4(_mm256_loadu_si256(qs[0].as_ptr().cast())) };
                 let x = _mm512_xor_si512(v, bias);
                 let wd = _mm512_set1_ps(f16_to_f32(u16::from_le_bytes([blk[0], blk[1]])));
-                for p in 0..PAIRS {
+                for (p, acc) in acc.iter_mut().enumerate() {
                     let i = _mm512_dpbusd_epi32(load_u(&rec.x[p]), x, load_i(&rec.qs[p]));
                     let d = _mm512_mul_ps(wd, load_f(&rec.d[p]));
-                    acc[p] = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(i), acc[p]);
+                    *acc = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(i), *acc);
                 }
             }
             finish(&acc, [0.0; GROUP], o);
