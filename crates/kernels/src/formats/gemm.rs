@@ -317,13 +317,13 @@ mod tests {
             for (nb, nt, rows) in [(1, 1, 3), (18, 8, 5), (7, 5, 4), (48, 3, 2), (3, 8, 1)] {
                 let n = nb * QK;
                 let wf = data(n * rows, nb as u64 * 31 + nt as u64);
-                let mut w = vec![0u8; ty.row_bytes(n).unwrap() * rows];
+                let mut w = vec![0u8; ty.row_bytes(n).expect("whole blocks") * rows];
                 let wrow = w.len() / rows;
                 for r in 0..rows {
                     (ops.from_f32)(&wf[r * n..(r + 1) * n], &mut w[r * wrow..(r + 1) * wrow]);
                 }
                 let af = data(n * nt, 7 + nb as u64);
-                let arow = ops.vec_dot_type.row_bytes(n).unwrap();
+                let arow = ops.vec_dot_type.row_bytes(n).expect("whole blocks");
                 let mut a = vec![0u8; arow * nt];
                 for t in 0..nt {
                     (aops.from_f32)(&af[t * n..(t + 1) * n], &mut a[t * arow..(t + 1) * arow]);
