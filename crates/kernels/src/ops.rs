@@ -114,11 +114,103 @@ pub fn swiglu_inplace(gate: &mut [f32], up: &[f32]) {
     let n_vec = gate.len() / GGML_F32_LANES * GGML_F32_LANES;
     let (gv, gt) = gate.split_at_mut(n_vec);
     let (uv, ut) = up.split_at(n_vec);
-    for (g, &u) in gv.iter_mut().zip(uv) {
-        *g = silu(*g) * u;
+    #[cfg(target_arch = "x86_64")]
+    if crate::cpu::best() >= crate::cpu::Isa::Avx512 {
+        // SAFETY: the CPU has AVX-512 F/DQ and FMA.
+        unsafe { x86::swiglu_avx512(gv, uv) };
+    } else {
+        swiglu_scalar(gv, uv);
     }
+    #[cfg(not(target_arch = "x86_64"))]
+    swiglu_scalar(gv, uv);
     for (g, &u) in gt.iter_mut().zip(ut) {
         *g = silu_libm(*g) * u;
+    }
+}
+
+/// The vector part of [`swiglu_inplace`], one lane at a time (the reference).
+pub fn swiglu_scalar(gate: &mut [f32], up: &[f32]) {
+    for (g, &u) in gate.iter_mut().zip(up) {
+        *g = silu(*g) * u;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    //! [`super::ggml_v_expf`] 16 lanes at a time: the same operations per
+    //! lane, so the same bits; lanes outside the fast range (rare) are redone
+    //! by the scalar code.
+
+    use super::{ggml_v_expf, silu};
+    use std::arch::x86_64::*;
+
+    /// `gate = silu(gate) * up` over 16-float groups, the rest by the scalar
+    /// formula (identical per lane).
+    #[target_feature(enable = "avx512f,avx512dq,avx2,fma")]
+    pub(super) fn swiglu_avx512(gate: &mut [f32], up: &[f32]) {
+        let (g16, gt) = gate.as_chunks_mut::<16>();
+        let (u16s, ut) = up.as_chunks::<16>();
+        for (g, u) in g16.iter_mut().zip(u16s) {
+            // SAFETY: 16 readable/writable floats each.
+            unsafe {
+                let x = _mm512_loadu_ps(g.as_ptr());
+                let e = expf_512(_mm512_sub_ps(_mm512_setzero_ps(), x), g);
+                let one = _mm512_set1_ps(1.0);
+                let s = _mm512_div_ps(x, _mm512_add_ps(one, e));
+                _mm512_storeu_ps(
+                    g.as_mut_ptr(),
+                    _mm512_mul_ps(s, _mm512_loadu_ps(u.as_ptr())),
+                );
+            }
+        }
+        for (g, &u) in gt.iter_mut().zip(ut) {
+            *g = silu(*g) * u;
+        }
+    }
+
+    /// `ggml_v_expf` of each lane of `x`; `src` holds the inputs negated
+    /// (for the scalar redo of out-of-range lanes).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512dq,avx2,fma")]
+    fn expf_512(x: __m512, src: &[f32; 16]) -> __m512 {
+        let c = |b: u32| _mm512_set1_ps(f32::from_bits(b));
+        let r = c(0x4b40_0000);
+        let z = _mm512_fmadd_ps(x, c(0x3fb8_aa3b), r);
+        let n = _mm512_sub_ps(z, r);
+        let neg_n = _mm512_sub_ps(_mm512_setzero_ps(), n);
+        let b = _mm512_fmadd_ps(
+            neg_n,
+            c(0x35bf_be8e),
+            _mm512_fmadd_ps(neg_n, c(0x3f31_7200), x),
+        );
+        let e = _mm512_slli_epi32::<23>(_mm512_castps_si512(z));
+        let k = _mm512_castsi512_ps(_mm512_add_epi32(e, _mm512_set1_epi32(0x3f80_0000)));
+        let u = _mm512_mul_ps(b, b);
+        let j = _mm512_fmadd_ps(
+            _mm512_fmadd_ps(
+                _mm512_fmadd_ps(c(0x3c07_2010), b, c(0x3d2b_9f17)),
+                u,
+                _mm512_fmadd_ps(c(0x3e2a_af33), b, c(0x3eff_fedb)),
+            ),
+            u,
+            _mm512_mul_ps(c(0x3f7f_fff6), b),
+        );
+        let mut out = _mm512_fmadd_ps(j, k, k);
+        let an = _mm512_abs_ps(n);
+        let slow = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(an, _mm512_set1_ps(126.0));
+        if slow != 0 {
+            let mut v = [0f32; 16];
+            // SAFETY: 16 writable floats.
+            unsafe { _mm512_storeu_ps(v.as_mut_ptr(), out) };
+            for (l, o) in v.iter_mut().enumerate() {
+                if slow & (1 << l) != 0 {
+                    *o = ggml_v_expf(-src[l]);
+                }
+            }
+            // SAFETY: 16 readable floats.
+            out = unsafe { _mm512_loadu_ps(v.as_ptr()) };
+        }
+        out
     }
 }
 
@@ -350,6 +442,36 @@ mod tests {
         assert!((x.iter().sum::<f32>() - 1.0).abs() < OP_TOL);
         assert_eq!(x[2], 0.0);
         assert!(x[3] > x[1] && x[1] > x[0]);
+    }
+
+    /// Parity (tolerance: exact): the SIMD SwiGLU equals the per-lane
+    /// reference bit for bit, slow-path lanes (|x| > 87) included.
+    #[test]
+    fn swiglu_simd_matches_scalar_bitwise() {
+        let mut gate: Vec<f32> = (0..4099).map(|i| (i as f32 - 2049.0) * 0.137).collect();
+        gate.extend([
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            -0.0,
+            200.0,
+            -200.0,
+            1e-30,
+        ]);
+        let up: Vec<f32> = (0..gate.len())
+            .map(|i| 1.0 + (i % 7) as f32 * 0.25)
+            .collect();
+        let n = gate.len() / 8 * 8;
+        let mut fast = gate.clone();
+        swiglu_inplace(&mut fast, &up);
+        let mut want = gate.clone();
+        swiglu_scalar(&mut want[..n], &up[..n]);
+        for (i, (a, b)) in fast[..n].iter().zip(&want[..n]).enumerate() {
+            assert!(
+                a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()),
+                "{i}: {a} vs {b}"
+            );
+        }
     }
 
     #[test]
