@@ -80,3 +80,22 @@ pub fn best() -> Isa {
             .unwrap_or(Isa::Scalar)
     })
 }
+
+/// Asks for every cache line of `bytes` to be brought into L1 (a hint; does
+/// nothing where unsupported). Matmuls call it a few rows ahead, since the
+/// hardware prefetcher alone leaves them waiting at the start of each row.
+#[inline]
+pub fn prefetch(bytes: &[u8]) {
+    #[cfg(target_arch = "x86_64")]
+    for line in bytes.chunks(64) {
+        // SAFETY: SSE is baseline on x86_64; the pointer is in bounds and a
+        // prefetch has no side effects.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                line.as_ptr().cast(),
+            )
+        };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = bytes;
+}

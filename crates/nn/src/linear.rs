@@ -21,6 +21,9 @@ use troupe_kernels::{fast_ops, QuantOps};
 /// different threads on different cache lines).
 const ROW_ALIGN: usize = 16;
 
+/// Weight rows the single-token path prefetches ahead.
+const PREFETCH_ROWS: usize = 4;
+
 /// `y = x W^T (+ b)` with `W` stored as `[n_out rows, n_in cols]` in any
 /// supported format.
 pub struct Linear {
@@ -102,7 +105,10 @@ impl Linear {
         let bias = self.bias.as_deref();
         let out = UnsafeSlice::new(&mut out[..n_tokens * n_out]);
         pool.for_ranges(n_out, ROW_ALIGN, |rows| {
+            let end = rows.end;
             for r in rows {
+                let ahead = (r + PREFETCH_ROWS).min(end);
+                troupe_kernels::cpu::prefetch(&w[ahead * w_row..(ahead + 1).min(end) * w_row]);
                 let wr = &w[r * w_row..(r + 1) * w_row];
                 let b = bias.map_or(0.0, |b| b[r]);
                 for t in 0..n_tokens {
@@ -133,7 +139,7 @@ impl Linear {
                 let r1 = (r0 + ROW_ALIGN).min(rows.end);
                 let tile = &mut tile[..r1 - r0];
                 for g in 0..n_tokens.div_ceil(GROUP) {
-                    k(nb, &w[r0 * w_row..r1 * w_row], x.group(g), tile);
+                    k(nb, &w[r0 * w_row..rows.end * w_row], x.group(g), tile);
                     for t in g * GROUP..((g + 1) * GROUP).min(n_tokens) {
                         for (i, o) in tile.iter().enumerate() {
                             let b = bias.map_or(0.0, |b| b[r0 + i]);

@@ -49,7 +49,8 @@ const ZERO_REC: Rec = Rec {
 };
 
 /// A multi-token kernel: `out[r][t]` = row `r` of `w` (`nb` blocks per row)
-/// dotted with token `t` of one packed group (`nb` records).
+/// dotted with token `t` of one packed group (`nb` records), for the first
+/// `out.len()` rows; `w` may hold more rows, which are prefetched.
 pub type GemmFn = fn(nb: usize, w: &[u8], group: &[Rec], out: &mut [[f32; GROUP]]);
 
 /// The multi-token kernel for weights of type `ty` on this CPU, if any.
@@ -180,13 +181,13 @@ mod x86 {
     // has AVX-512 VNNI; every load below reads a fixed-size array.
 
     pub(super) fn q4_1(nb: usize, w: &[u8], group: &[Rec], out: &mut [[f32; GROUP]]) {
-        assert!(w.len() == out.len() * nb * Q4_1_BYTES && group.len() == nb);
+        assert!(w.len() >= out.len() * nb * Q4_1_BYTES && group.len() == nb);
         // SAFETY: see above.
         unsafe { q4_1_k(nb, w, group, out) }
     }
 
     pub(super) fn q8_0(nb: usize, w: &[u8], group: &[Rec], out: &mut [[f32; GROUP]]) {
-        assert!(w.len() == out.len() * nb * Q8_0_BYTES && group.len() == nb);
+        assert!(w.len() >= out.len() * nb * Q8_0_BYTES && group.len() == nb);
         // SAFETY: see above.
         unsafe { q8_0_k(nb, w, group, out) }
     }
@@ -212,6 +213,14 @@ mod x86 {
         unsafe { _mm512_loadu_si512(a.as_ptr().cast()) }
     }
 
+    /// How far ahead weight rows are prefetched: the hardware prefetcher
+    /// alone leaves the kernel waiting on memory at the start of each row.
+    const PREFETCH_ROWS: usize = 4;
+
+    fn prefetch(w: &[u8], off: usize, len: usize) {
+        crate::cpu::prefetch(w.get(off..(off + len).min(w.len())).unwrap_or(&[]));
+    }
+
     /// Writes each token's horizontal sum (plus `extra[t]`) into `o`.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
@@ -228,7 +237,9 @@ mod x86 {
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
     fn q4_1_k(nb: usize, w: &[u8], group: &[Rec], out: &mut [[f32; GROUP]]) {
         let low = _mm512_set1_epi8(0x0F);
-        for (row, o) in w.chunks_exact(nb * Q4_1_BYTES).zip(out.iter_mut()) {
+        let rb = nb * Q4_1_BYTES;
+        for (r, (row, o)) in w.chunks_exact(rb).zip(out.iter_mut()).enumerate() {
+            prefetch(w, (r + PREFETCH_ROWS) * rb, rb);
             let mut acc = [_mm512_setzero_ps(); PAIRS];
             let mut summs = _mm256_setzero_ps();
             for (blk, rec) in row.as_chunks::<Q4_1_BYTES>().0.iter().zip(group) {
@@ -264,7 +275,9 @@ mod x86 {
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
     fn q8_0_k(nb: usize, w: &[u8], group: &[Rec], out: &mut [[f32; GROUP]]) {
         let bias = _mm512_set1_epi8(-128);
-        for (row, o) in w.chunks_exact(nb * Q8_0_BYTES).zip(out.iter_mut()) {
+        let rb = nb * Q8_0_BYTES;
+        for (r, (row, o)) in w.chunks_exact(rb).zip(out.iter_mut()).enumerate() {
+            prefetch(w, (r + PREFETCH_ROWS) * rb, rb);
             let mut acc = [_mm512_setzero_ps(); PAIRS];
             for (blk, rec) in row.as_chunks::<Q8_0_BYTES>().0.iter().zip(group) {
                 let (qs, _) = blk[2..].as_chunks::<32>();
