@@ -314,8 +314,8 @@ def request_body(model_id: str, n: int, a, peer: str) -> dict:
     }
     if a.temperature > 0:
         b["seed"] = a.seed + n
-    if peer == "llama" and a.ignore_eos:
-        b["ignore_eos"] = True  # llama.cpp extension; troupe has none
+    if a.ignore_eos:
+        b["ignore_eos"] = True  # extension of llama.cpp, vLLM and troupe
     return b
 
 
@@ -714,7 +714,7 @@ def parse_args(argv=None):
     ap.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     ap.add_argument("--seed", type=int, default=1234, help="base seed when --temperature > 0")
     ap.add_argument("--no-ignore-eos", dest="ignore_eos", action="store_false",
-                    help="do not send ignore_eos to llama-server (troupe has no such option)")
+                    help="let replies end at end-of-turn (default: fixed lengths via ignore_eos)")
     ap.add_argument("--rounds", type=int, default=1, help="server starts per peer; medians are reported")
     ap.add_argument("--ctx", type=int, default=2048, help="context tokens per slot")
     ap.add_argument("--slots", type=int, default=None,
@@ -765,7 +765,7 @@ def main(argv=None) -> int:
         "threads": a.threads, "ctx_per_slot": a.ctx, "slots": a.slots or max(a.concurrency),
         "concurrency": a.concurrency, "requests_per_worker": None if a.duration else a.requests_per_worker,
         "duration_s": a.duration, "max_tokens": a.max_tokens, "temperature": a.temperature,
-        "ignore_eos_llama": a.ignore_eos, "rounds": a.rounds,
+        "ignore_eos": a.ignore_eos, "rounds": a.rounds,
         "system_prompt_chars": len(SYSTEM_PROMPT),
         "troupe_version": version_of([a.troupe_bin, "--version"]) if "troupe" in a.peers else None,
         "llama_version": version_of([a.llama_server_bin, "--version"]) if "llama" in a.peers else None,

@@ -163,3 +163,15 @@ def test_stream_sse_format_raw(server):
     s.close()
     assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
     assert chunks[-1]["choices"][0]["finish_reason"] in ("length", "stop")
+
+
+def test_ignore_eos_gives_fixed_length(client):
+    """`ignore_eos` (llama.cpp/vLLM extension) runs past end-of-turn to max_tokens."""
+    msgs = [{"role": "user", "content": "Reply with just the word yes."}]
+    free = client.chat.completions.create(model=MODEL, messages=msgs, temperature=0, max_tokens=64)
+    assert free.choices[0].finish_reason == "stop"
+    assert free.usage.completion_tokens < 64
+    fixed = client.chat.completions.create(
+        model=MODEL, messages=msgs, temperature=0, max_tokens=64, extra_body={"ignore_eos": True})
+    assert fixed.choices[0].finish_reason == "length"
+    assert fixed.usage.completion_tokens == 64

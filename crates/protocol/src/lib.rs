@@ -53,6 +53,10 @@ pub struct SamplingFields {
     pub frequency_penalty: Option<f32>,
     pub seed: Option<i64>,
     pub stop: Option<StopSpec>,
+    /// Extension (llama.cpp, vLLM): keep generating past end-of-turn tokens
+    /// until `max_tokens` (for fixed-length benchmarks).
+    #[serde(default)]
+    pub ignore_eos: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -246,7 +246,7 @@ async fn chat(
         max_tokens,
         sampling,
         stop,
-        stop_at_eog: true,
+        stop_at_eog: !req.sampling.ignore_eos,
     };
     let run = g::submit(&st, started, prompt, params, top.map(|n| n as usize))?;
     let id = g::new_id("chatcmpl");
@@ -483,7 +483,7 @@ async fn completions(
         max_tokens,
         sampling,
         stop,
-        stop_at_eog: true,
+        stop_at_eog: !req.sampling.ignore_eos,
     };
     let top = req.logprobs.map(|n| n as usize);
     let run = g::submit(&st, started, prompt, params, top)?;
