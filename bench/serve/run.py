@@ -282,7 +282,9 @@ async def _one_request(client: httpx.AsyncClient, url: str, body: dict, r: Req, 
         if tot is not None and r.prompt_tokens is not None and tot != r.prompt_tokens + r.out_tokens:
             r.anomalies.append(f"usage total {tot} != prompt {r.prompt_tokens} + completion {r.out_tokens}")
         eos = r.finish_reason == "stop" and r.out_tokens == len(chunk_times) + 1
-        if r.out_tokens != len(chunk_times) and not eos:  # an end token has no text
+        # An end token has no text; with ignore_eos they can come mid-reply.
+        eos = eos or (body.get("ignore_eos") and len(chunk_times) < r.out_tokens)
+        if r.out_tokens != len(chunk_times) and not eos:
             r.anomalies.append(
                 f"usage.completion_tokens {r.out_tokens} != content chunks {len(chunk_times)}")
     if r.out_tokens > max_tokens:

@@ -139,7 +139,8 @@ impl Linear {
                 let r1 = (r0 + ROW_ALIGN).min(rows.end);
                 let tile = &mut tile[..r1 - r0];
                 for g in 0..n_tokens.div_ceil(GROUP) {
-                    k(nb, &w[r0 * w_row..rows.end * w_row], x.group(g), tile);
+                    let nt = (n_tokens - g * GROUP).min(GROUP);
+                    k(nb, &w[r0 * w_row..rows.end * w_row], x.group(g), nt, tile);
                     for t in g * GROUP..((g + 1) * GROUP).min(n_tokens) {
                         for (i, o) in tile.iter().enumerate() {
                             let b = bias.map_or(0.0, |b| b[r0 + i]);

@@ -49,9 +49,10 @@ const ZERO_REC: Rec = Rec {
 };
 
 /// A multi-token kernel: `out[r][t]` = row `r` of `w` (`nb` blocks per row)
-/// dotted with token `t` of one packed group (`nb` records), for the first
-/// `out.len()` rows; `w` may hold more rows, which are prefetched.
-pub type GemmFn = fn(nb: usize, w: &[u8], group: &[Rec], out: &mut [[f32; GROUP]]);
+/// dotted with token `t < nt` of one packed group (`nb` records), for the
+/// first `out.len()` rows; `w` may hold more rows, which are prefetched.
+/// Only the token pairs that hold one of the `nt` tokens are computed.
+pub type GemmFn = fn(nb: usize, w: &[u8], group: &[Rec], nt: usize, out: &mut [[f32; GROUP]]);
 
 /// The multi-token kernel for weights of type `ty` on this CPU, if any.
 /// Its activations must be packed from `vec_dot_type` rows.
@@ -180,16 +181,30 @@ mod x86 {
     // SAFETY (both wrappers): `kernel()` hands these out only when the CPU
     // has AVX-512 VNNI; every load below reads a fixed-size array.
 
-    pub(super) fn q4_1(nb: usize, w: &[u8], group: &[Rec], out: &mut [[f32; GROUP]]) {
-        assert!(w.len() >= out.len() * nb * Q4_1_BYTES && group.len() == nb);
+    pub(super) fn q4_1(nb: usize, w: &[u8], group: &[Rec], nt: usize, out: &mut [[f32; GROUP]]) {
+        assert!(w.len() >= out.len() * nb * Q4_1_BYTES && group.len() == nb && nt <= GROUP);
         // SAFETY: see above.
-        unsafe { q4_1_k(nb, w, group, out) }
+        unsafe {
+            match nt.div_ceil(2) {
+                0 | 1 => q4_1_k::<1>(nb, w, group, out),
+                2 => q4_1_k::<2>(nb, w, group, out),
+                3 => q4_1_k::<3>(nb, w, group, out),
+                _ => q4_1_k::<4>(nb, w, group, out),
+            }
+        }
     }
 
-    pub(super) fn q8_0(nb: usize, w: &[u8], group: &[Rec], out: &mut [[f32; GROUP]]) {
-        assert!(w.len() >= out.len() * nb * Q8_0_BYTES && group.len() == nb);
+    pub(super) fn q8_0(nb: usize, w: &[u8], group: &[Rec], nt: usize, out: &mut [[f32; GROUP]]) {
+        assert!(w.len() >= out.len() * nb * Q8_0_BYTES && group.len() == nb && nt <= GROUP);
         // SAFETY: see above.
-        unsafe { q8_0_k(nb, w, group, out) }
+        unsafe {
+            match nt.div_ceil(2) {
+                0 | 1 => q8_0_k::<1>(nb, w, group, out),
+                2 => q8_0_k::<2>(nb, w, group, out),
+                3 => q8_0_k::<3>(nb, w, group, out),
+                _ => q8_0_k::<4>(nb, w, group, out),
+            }
+        }
     }
 
     #[inline]
@@ -224,7 +239,7 @@ mod x86 {
     /// Writes each token's horizontal sum (plus `extra[t]`) into `o`.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
-    fn finish(acc: &[__m512; PAIRS], extra: [f32; GROUP], o: &mut [f32; GROUP]) {
+    fn finish<const NP: usize>(acc: &[__m512; NP], extra: [f32; GROUP], o: &mut [f32; GROUP]) {
         for (p, a) in acc.iter().enumerate() {
             let lo = _mm512_castps512_ps256(*a);
             let hi = _mm512_extractf32x8_ps::<1>(*a);
@@ -235,12 +250,12 @@ mod x86 {
 
     /// Q4_1 weights × packed Q8_1 activations.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
-    fn q4_1_k(nb: usize, w: &[u8], group: &[Rec], out: &mut [[f32; GROUP]]) {
+    fn q4_1_k<const NP: usize>(nb: usize, w: &[u8], group: &[Rec], out: &mut [[f32; GROUP]]) {
         let low = _mm512_set1_epi8(0x0F);
         let rb = nb * Q4_1_BYTES;
         for (r, (row, o)) in w.chunks_exact(rb).zip(out.iter_mut()).enumerate() {
             prefetch(w, (r + PREFETCH_ROWS) * rb, rb);
-            let mut acc = [_mm512_setzero_ps(); PAIRS];
+            let mut acc = [_mm512_setzero_ps(); NP];
             let mut summs = _mm256_setzero_ps();
             for (blk, rec) in row.as_chunks::<Q4_1_BYTES>().0.iter().zip(group) {
                 // [lo nibbles | hi nibbles] = elements 0..32, twice.
@@ -273,12 +288,12 @@ mod x86 {
     /// unsigned (`w ^ 0x80 = w + 128`) and the packed correction starts the
     /// integer sum.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
-    fn q8_0_k(nb: usize, w: &[u8], group: &[Rec], out: &mut [[f32; GROUP]]) {
+    fn q8_0_k<const NP: usize>(nb: usize, w: &[u8], group: &[Rec], out: &mut [[f32; GROUP]]) {
         let bias = _mm512_set1_epi8(-128);
         let rb = nb * Q8_0_BYTES;
         for (r, (row, o)) in w.chunks_exact(rb).zip(out.iter_mut()).enumerate() {
             prefetch(w, (r + PREFETCH_ROWS) * rb, rb);
-            let mut acc = [_mm512_setzero_ps(); PAIRS];
+            let mut acc = [_mm512_setzero_ps(); NP];
             for (blk, rec) in row.as_chunks::<Q8_0_BYTES>().0.iter().zip(group) {
                 let (qs, _) = blk[2..].as_chunks::<32>();
                 // SAFETY: 32 readable bytes.
@@ -345,7 +360,7 @@ mod tests {
                 assert_eq!(packed.reset(ops.vec_dot_type, nt, n), 1);
                 pack_group(ops.vec_dot_type, nb, &a, packed.recs_mut());
                 let mut out = vec![[0f32; GROUP]; rows];
-                k(nb, &w, packed.group(0), &mut out);
+                k(nb, &w, packed.group(0), nt, &mut out);
                 for r in 0..rows {
                     for t in 0..nt {
                         let want = (ops.vec_dot)(
