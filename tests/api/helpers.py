@@ -61,7 +61,11 @@ class Server:
         last_err = ""
         for _ in range(3):  # a port taken between free_port() and bind: retry
             self.port = free_port()
-            cmd = [str(BIN), *data_args(), "serve", "-m", MODEL, "--port", str(self.port), *self.flags]
+            # Custom personas go to a folder of the test's, never the user's.
+            own = [] if "--personas-dir" in self.flags else [
+                "--personas-dir", str(self.log_path.parent / f"{self.name}-personas")]
+            cmd = [str(BIN), *data_args(), "serve", "-m", MODEL, "--port", str(self.port),
+                   *own, *self.flags]
             self.log = open(self.log_path, "ab")
             self.log.write(("$ " + " ".join(cmd) + "\n").encode())
             self.log.flush()

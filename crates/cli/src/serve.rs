@@ -46,6 +46,9 @@ pub struct ServeArgs {
     /// Seconds running requests get to finish after SIGTERM.
     #[arg(long, default_value_t = 30)]
     drain_timeout: u64,
+    /// Where custom personas are stored (default DATA/personas).
+    #[arg(long, value_name = "DIR")]
+    personas_dir: Option<std::path::PathBuf>,
 }
 
 pub fn run(data: &Path, a: ServeArgs) -> Result<()> {
@@ -92,6 +95,7 @@ pub fn run(data: &Path, a: ServeArgs) -> Result<()> {
         step_target: (a.step_target_ms > 0).then(|| Duration::from_millis(a.step_target_ms)),
         max_body_bytes: a.max_body_bytes,
         drain_timeout: Duration::from_secs(a.drain_timeout),
+        personas_dir: Some(a.personas_dir.unwrap_or_else(|| data.join("personas"))),
     };
     let model = ServerModel {
         engine: m.engine,

@@ -2,6 +2,7 @@
 
 use crate::errors::{ApiError, Json};
 use crate::generation::{self as g, Chunker};
+use crate::personas::MODEL_PREFIX;
 use crate::state::AppState;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{header, StatusCode};
@@ -28,6 +29,16 @@ pub fn router(state: Arc<AppState>, config: &crate::ServerConfig) -> Router {
         .route("/v1/completions", post(completions))
         .route("/v1/models", get(models))
         .route("/v1/models/{id}", get(model))
+        .route(
+            "/v1/personas",
+            get(crate::personas::list).post(crate::personas::create),
+        )
+        .route(
+            "/v1/personas/{id}",
+            get(crate::personas::get)
+                .put(crate::personas::replace)
+                .delete(crate::personas::delete),
+        )
         .route("/tokenize", post(tokenize))
         .route("/detokenize", post(detokenize))
         .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
@@ -129,16 +140,27 @@ fn card(st: &AppState) -> p::ModelCard {
     }
 }
 
+/// The base model, then one entry per persona (`persona:<id>`).
 async fn models(State(st): St) -> Json<p::ModelList> {
+    let mut data = vec![card(&st)];
+    for (persona, _) in st.personas.list() {
+        data.push(p::ModelCard {
+            id: format!("{MODEL_PREFIX}{}", persona.id),
+            ..card(&st)
+        });
+    }
     Json(p::ModelList {
         object: "list".into(),
-        data: vec![card(&st)],
+        data,
     })
 }
 
 async fn model(State(st): St, axum::extract::Path(id): axum::extract::Path<String>) -> Response {
-    if id == st.model_id {
-        Json(card(&st)).into_response()
+    let persona = id
+        .strip_prefix(MODEL_PREFIX)
+        .is_some_and(|p| st.personas.get(p).is_some());
+    if id == st.model_id || persona {
+        Json(p::ModelCard { id, ..card(&st) }).into_response()
     } else {
         ApiError::unknown_model(&id).into_response()
     }
@@ -208,7 +230,18 @@ async fn chat(
     Json(req): Json<p::ChatCompletionRequest>,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
-    check_model(&st, Some(&req.model))?;
+    let persona = match req.model.strip_prefix(MODEL_PREFIX) {
+        Some(id) => Some(
+            st.personas
+                .get(id)
+                .map(|(p, _)| p)
+                .ok_or_else(|| ApiError::unknown_model(&req.model))?,
+        ),
+        None => {
+            check_model(&st, Some(&req.model))?;
+            None
+        }
+    };
     g::refuse_n(req.n)?;
     if req.tools.as_ref().is_some_and(|t| !t.is_empty()) {
         return Err(ApiError::invalid(
@@ -232,9 +265,16 @@ async fn chat(
             "top_logprobs must be 0..=20",
         ));
     }
-    let sampling = g::sampling(&req.sampling)?;
+    let fields = match &persona {
+        Some(p) => crate::personas::with_defaults(&req.sampling, p),
+        None => req.sampling.clone(),
+    };
+    let sampling = g::sampling(&fields)?;
     let stop = g::stops(&req.sampling)?;
-    let msgs = messages(&req.messages)?;
+    let mut msgs = messages(&req.messages)?;
+    if let Some(p) = &persona {
+        msgs = crate::personas::with_block(p, msgs);
+    }
     let prompt = render_chat(&st, msgs, true).await?;
     let max_tokens = g::budget(
         prompt.len(),
@@ -257,6 +297,7 @@ async fn chat(
             run,
             ChatChunks {
                 st: st.clone(),
+                model: req.model.clone(),
                 id,
                 created,
                 include_usage,
@@ -276,7 +317,7 @@ async fn chat(
         id,
         object: "chat.completion".into(),
         created,
-        model: st.model_id.clone(),
+        model: req.model.clone(),
         system_fingerprint: fingerprint(),
         choices: vec![p::ChatChoice {
             index: 0,
@@ -328,6 +369,8 @@ fn chat_logprob(st: &AppState, id: u32, lp: &Logprobs) -> p::TokenLogprobEntry {
 
 struct ChatChunks {
     st: Arc<AppState>,
+    /// The `model` the client asked for (a persona or the base model).
+    model: String,
     id: String,
     created: u64,
     include_usage: bool,
@@ -340,7 +383,7 @@ impl ChatChunks {
             id: self.id.clone(),
             object: "chat.completion.chunk".into(),
             created: self.created,
-            model: self.st.model_id.clone(),
+            model: self.model.clone(),
             system_fingerprint: fingerprint(),
             choices: vec![p::ChunkChoice {
                 index: 0,
@@ -386,7 +429,7 @@ impl Chunker for ChatChunks {
         if self.include_usage {
             out.push(json!({
                 "id": self.id, "object": "chat.completion.chunk", "created": self.created,
-                "model": self.st.model_id, "system_fingerprint": fingerprint(),
+                "model": self.model, "system_fingerprint": fingerprint(),
                 "choices": [], "usage": usage(u),
             }));
         }

@@ -9,6 +9,7 @@ mod api;
 mod errors;
 mod generation;
 mod metrics;
+mod personas;
 mod state;
 
 pub use state::{ServerConfig, ServerModel};

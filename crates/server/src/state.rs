@@ -37,6 +37,8 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// How long running requests may take to finish after SIGTERM.
     pub drain_timeout: Duration,
+    /// Where custom personas are stored (`None`: kept in memory only).
+    pub personas_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -51,6 +53,7 @@ impl Default for ServerConfig {
             step_target: Some(Duration::from_millis(60)),
             max_body_bytes: 4 << 20,
             drain_timeout: Duration::from_secs(30),
+            personas_dir: None,
         }
     }
 }
@@ -69,6 +72,7 @@ pub struct AppState {
     pub draining: AtomicBool,
     key_hashes: Vec<[u8; 32]>,
     pub created: u64,
+    pub personas: crate::personas::Registry,
 }
 
 impl AppState {
@@ -99,6 +103,7 @@ impl AppState {
                 .map(|k| sha256(k.as_bytes()))
                 .collect(),
             created: crate::generation::unix_now(),
+            personas: crate::personas::Registry::load(config.personas_dir.clone()),
         }
     }
 
