@@ -11,6 +11,7 @@ use std::io::{BufRead, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use troupe_engine::{Flow, GenerateParams};
+use troupe_personas::Persona;
 use troupe_tokenizer::chat::Message;
 
 /// Set by SIGINT; polled between tokens.
@@ -35,25 +36,83 @@ fn install_sigint() {
     }
 }
 
+/// A built-in persona, or a custom one saved by `troupe serve`.
+fn find_persona(data: &Path, id: &str) -> Result<Persona> {
+    let all = troupe_personas::builtin()?;
+    if let Some(p) = all.iter().find(|p| p.id == id) {
+        return Ok(p.clone());
+    }
+    let custom = data.join("personas").join(format!("{id}.toml"));
+    if troupe_personas::valid_id(id) && custom.is_file() {
+        let text = std::fs::read_to_string(&custom)?;
+        return Ok(Persona::from_toml(&text)?);
+    }
+    let ids: Vec<&str> = all.iter().map(|p| p.id.as_str()).collect();
+    anyhow::bail!("no persona `{id}`; built-in ones: {}", ids.join(", "))
+}
+
+fn list_personas() -> Result<()> {
+    for p in troupe_personas::builtin()? {
+        println!("{:<20} {:<22} {}", p.id, p.name, p.tagline);
+    }
+    Ok(())
+}
+
 pub fn run(data: &Path, a: ChatArgs) -> Result<()> {
+    if a.persona.as_deref() == Some("list") {
+        return list_personas();
+    }
+    let persona = a
+        .persona
+        .as_deref()
+        .map(|id| find_persona(data, id))
+        .transpose()?;
     let mut m = Loaded::open(data, &a.model)?;
     install_sigint();
     let mut history: Vec<Message> = Vec::new();
-    if let Some(s) = &a.system {
-        history.push(Message::new("system", s.clone()));
+    if let Some(p) = &persona {
+        history.extend(
+            p.block(&a.user_name)
+                .into_iter()
+                .map(|t| Message::new(t.role.as_str(), t.content)),
+        );
     }
+    if let Some(s) = &a.system {
+        match history.first_mut() {
+            Some(sys) if sys.role == "system" => {
+                sys.content.push('\n');
+                sys.content.push_str(s);
+            }
+            _ => history.insert(0, Message::new("system", s.clone())),
+        }
+    }
+    // `/reset` goes back to this (the persona block).
+    let start = history.clone();
     let seq = m.engine.new_sequence();
     let mut cached: Vec<u32> = Vec::new();
+    let sampling = match &persona {
+        Some(p) => a.sampling.params_with(&p.sampling),
+        None => a.sampling.params(),
+    };
     let params = GenerateParams {
         max_tokens: a.n_predict,
-        sampling: a.sampling.params(),
+        sampling,
         stop: Vec::new(),
         stop_at_eog: true,
     };
     eprintln!(
         "chatting with {} — /exit or Ctrl-D to quit, Ctrl-C stops a reply, /reset clears history",
-        m.path.display()
+        match &persona {
+            Some(p) => format!("{} ({})", p.name, m.path.display()),
+            None => m.path.display().to_string(),
+        }
     );
+    if let Some(g) = persona
+        .as_ref()
+        .and_then(|p| p.greeting_for(&a.user_name, 0))
+    {
+        println!("{g}");
+    }
     let stdin = std::io::stdin();
     let mut lines = stdin.lock().lines();
     loop {
@@ -69,7 +128,7 @@ pub fn run(data: &Path, a: ChatArgs) -> Result<()> {
             "" => continue,
             "/exit" | "/quit" => break,
             "/reset" => {
-                history.retain(|h| h.role == "system");
+                history = start.clone();
                 eprintln!("(history cleared)");
                 continue;
             }

@@ -68,23 +68,31 @@ pub struct ModelArgs {
     pub ctx_size: usize,
 }
 
+/// Sampling flags; unset ones take a persona's defaults (`chat --persona`),
+/// then the defaults shown.
 #[derive(Args, Clone)]
 pub struct SamplingArgs {
-    /// Temperature (0 = greedy).
-    #[arg(long = "temp", default_value_t = 0.8)]
-    temp: f32,
-    #[arg(long = "top-k", default_value_t = 40)]
-    top_k: usize,
-    #[arg(long = "top-p", default_value_t = 0.95)]
-    top_p: f32,
-    #[arg(long = "min-p", default_value_t = 0.05)]
-    min_p: f32,
-    #[arg(long = "repeat-penalty", default_value_t = 1.0)]
-    repeat_penalty: f32,
-    #[arg(long = "presence-penalty", default_value_t = 0.0)]
-    presence_penalty: f32,
-    #[arg(long = "frequency-penalty", default_value_t = 0.0)]
-    frequency_penalty: f32,
+    /// Temperature (0 = greedy) [default: 0.8]
+    #[arg(long = "temp")]
+    temp: Option<f32>,
+    /// [default: 40]
+    #[arg(long = "top-k")]
+    top_k: Option<usize>,
+    /// [default: 0.95]
+    #[arg(long = "top-p")]
+    top_p: Option<f32>,
+    /// [default: 0.05]
+    #[arg(long = "min-p")]
+    min_p: Option<f32>,
+    /// [default: 1.0]
+    #[arg(long = "repeat-penalty")]
+    repeat_penalty: Option<f32>,
+    /// [default: 0.0]
+    #[arg(long = "presence-penalty")]
+    presence_penalty: Option<f32>,
+    /// [default: 0.0]
+    #[arg(long = "frequency-penalty")]
+    frequency_penalty: Option<f32>,
     /// Random seed (same seed and settings give the same text).
     #[arg(short = 's', long)]
     seed: Option<u64>,
@@ -92,14 +100,25 @@ pub struct SamplingArgs {
 
 impl SamplingArgs {
     fn params(&self) -> SamplingParams {
+        self.params_with(&troupe_personas::Sampling::default())
+    }
+
+    /// The flags, else `d`'s values, else the defaults.
+    fn params_with(&self, d: &troupe_personas::Sampling) -> SamplingParams {
         SamplingParams {
-            temperature: self.temp,
-            top_k: self.top_k,
-            top_p: self.top_p,
-            min_p: self.min_p,
-            repeat_penalty: self.repeat_penalty,
-            presence_penalty: self.presence_penalty,
-            frequency_penalty: self.frequency_penalty,
+            temperature: self.temp.or(d.temperature).unwrap_or(0.8),
+            top_k: self
+                .top_k
+                .or(d.top_k.map(|k| k.max(0) as usize))
+                .unwrap_or(40),
+            top_p: self.top_p.or(d.top_p).unwrap_or(0.95),
+            min_p: self.min_p.or(d.min_p).unwrap_or(0.05),
+            repeat_penalty: self.repeat_penalty.or(d.repetition_penalty).unwrap_or(1.0),
+            presence_penalty: self.presence_penalty.or(d.presence_penalty).unwrap_or(0.0),
+            frequency_penalty: self
+                .frequency_penalty
+                .or(d.frequency_penalty)
+                .unwrap_or(0.0),
             seed: self.seed,
             ..SamplingParams::default()
         }
@@ -131,9 +150,16 @@ struct GenerateArgs {
 pub struct ChatArgs {
     #[command(flatten)]
     model: ModelArgs,
-    /// System prompt.
+    /// System prompt (added to the persona's with --persona).
     #[arg(long)]
     system: Option<String>,
+    /// Chat with a persona: a built-in id (`troupe chat --persona list`
+    /// lists them) or a custom one from DATA/personas.
+    #[arg(long)]
+    persona: Option<String>,
+    /// Your name, as personas address you.
+    #[arg(long, default_value = "User")]
+    user_name: String,
     /// Tokens per reply at most.
     #[arg(short = 'n', long = "n-predict", default_value_t = 1024)]
     n_predict: usize,

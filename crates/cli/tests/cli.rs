@@ -124,6 +124,54 @@ fn chat_reads_turns_until_exit() {
     );
 }
 
+/// `chat --persona`: the greeting comes first, then a reply in the
+/// persona's voice (Unit-7's examples all open with its status line, and a
+/// greedy reply copies it); unknown ids are a clear error.
+#[test]
+fn chat_with_a_persona() {
+    let m = model();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_troupe"))
+        .args([
+            "chat",
+            "-m",
+            &m,
+            "--temp",
+            "0",
+            "-n",
+            "48",
+            "--persona",
+            "unit-7",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn chat");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"What is your favourite colour?\n/exit\n")
+        .expect("write");
+    let o = child.wait_with_output().expect("wait");
+    let text = stdout(&o);
+    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
+    assert!(
+        lines.next().is_some_and(|l| l.starts_with("QUERY MODE")),
+        "{text}"
+    );
+    assert!(
+        lines.next().is_some_and(|l| l.contains("QUERY MODE")),
+        "{text}"
+    );
+    let bad = Command::new(env!("CARGO_BIN_EXE_troupe"))
+        .args(["chat", "-m", &m, "--persona", "nobody"])
+        .output()
+        .expect("run");
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("no persona `nobody`"));
+}
+
 #[test]
 fn bench_json_has_the_figures() {
     let m = model();
