@@ -22,12 +22,16 @@ def test_models(http):
     assert r.status_code == 200
     body = r.json()
     assert body["object"] == "list"
-    assert [m["id"] for m in body["data"]] == [MODEL]
+    ids = [m["id"] for m in body["data"]]
+    # The base model first, then one entry per persona.
+    assert ids[0] == MODEL and all(i.startswith("persona:") for i in ids[1:]) and len(ids) > 30
     m = body["data"][0]
     assert m["object"] == "model" and isinstance(m["created"], int) and m["owned_by"]
     one = http.get(f"/v1/models/{MODEL}")
     assert one.status_code == 200 and one.json() == m
     assert_openai_error(http.get("/v1/models/no-such-model"), 404, code="model_not_found")
+    assert http.get("/v1/models/persona:unit-7").json()["id"] == "persona:unit-7"
+    assert_openai_error(http.get("/v1/models/persona:nobody"), 404, code="model_not_found")
 
 
 def test_health_and_ready(http):
