@@ -69,23 +69,20 @@ pub fn run(data: &Path, a: ChatArgs) -> Result<()> {
         .transpose()?;
     let mut m = Loaded::open(data, &a.model)?;
     install_sigint();
-    let mut history: Vec<Message> = Vec::new();
-    if let Some(p) = &persona {
-        history.extend(
-            p.block(&a.user_name)
+    let mut history: Vec<Message> = match &persona {
+        Some(p) => {
+            let extra: Vec<&str> = a.system.iter().map(String::as_str).collect();
+            p.block_before(&a.user_name, &extra, false)
                 .into_iter()
-                .map(|t| Message::new(t.role.as_str(), t.content)),
-        );
-    }
-    if let Some(s) = &a.system {
-        match history.first_mut() {
-            Some(sys) if sys.role == "system" => {
-                sys.content.push('\n');
-                sys.content.push_str(s);
-            }
-            _ => history.insert(0, Message::new("system", s.clone())),
+                .map(|t| Message::new(t.role.as_str(), t.content))
+                .collect()
         }
-    }
+        None => a
+            .system
+            .iter()
+            .map(|s| Message::new("system", s.clone()))
+            .collect(),
+    };
     // `/reset` goes back to this (the persona block).
     let start = history.clone();
     let seq = m.engine.new_sequence();

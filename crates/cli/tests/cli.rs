@@ -90,21 +90,11 @@ fn same_seed_same_text_and_chat_template_stops_at_end_of_turn() {
     );
 }
 
-#[test]
-fn chat_reads_turns_until_exit() {
-    let m = model();
+/// Runs `troupe chat ARGS` with `input` on stdin.
+fn chat(args: &[&str], input: &[u8]) -> std::process::Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_troupe"))
-        .args([
-            "chat",
-            "-m",
-            &m,
-            "--temp",
-            "0",
-            "-n",
-            "16",
-            "--system",
-            "You are terse.",
-        ])
+        .arg("chat")
+        .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -114,9 +104,27 @@ fn chat_reads_turns_until_exit() {
         .stdin
         .take()
         .expect("stdin")
-        .write_all(b"Hello!\nWhat did I just say?\n/exit\n")
+        .write_all(input)
         .expect("write");
-    let o = child.wait_with_output().expect("wait");
+    child.wait_with_output().expect("wait")
+}
+
+#[test]
+fn chat_reads_turns_until_exit() {
+    let m = model();
+    let o = chat(
+        &[
+            "-m",
+            &m,
+            "--temp",
+            "0",
+            "-n",
+            "16",
+            "--system",
+            "You are terse.",
+        ],
+        b"Hello!\nWhat did I just say?\n/exit\n",
+    );
     let text = stdout(&o);
     assert!(
         text.lines().filter(|l| !l.trim().is_empty()).count() >= 2,
@@ -130,30 +138,10 @@ fn chat_reads_turns_until_exit() {
 #[test]
 fn chat_with_a_persona() {
     let m = model();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_troupe"))
-        .args([
-            "chat",
-            "-m",
-            &m,
-            "--temp",
-            "0",
-            "-n",
-            "48",
-            "--persona",
-            "unit-7",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn chat");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(b"What is your favourite colour?\n/exit\n")
-        .expect("write");
-    let o = child.wait_with_output().expect("wait");
+    let o = chat(
+        &["-m", &m, "--temp", "0", "-n", "48", "--persona", "unit-7"],
+        b"What is your favourite colour?\n/exit\n",
+    );
     let text = stdout(&o);
     let mut lines = text.lines().filter(|l| !l.trim().is_empty());
     assert!(

@@ -83,14 +83,36 @@ impl Persona {
     /// The persona block: system message, example exchanges, opener and
     /// greeting, with `{{char}}` / `{{user}}` expanded.
     pub fn block(&self, user: &str) -> Vec<Turn> {
+        self.block_before(user, &[], false)
+    }
+
+    /// The block a conversation starts with: `extra_system` texts (a
+    /// client's own system messages) are appended to the system message;
+    /// when the conversation's first turn is the assistant's (a greeting the
+    /// client shows), the block ends with the opener instead of the
+    /// greeting, so that roles still alternate.
+    pub fn block_before(
+        &self,
+        user: &str,
+        extra_system: &[&str],
+        first_is_assistant: bool,
+    ) -> Vec<Turn> {
         let x = |t: &str| expand(t.trim(), &self.name, user);
-        let mut turns = vec![Turn::new(Role::System, self.system_text(user))];
+        let mut system = self.system_text(user);
+        for e in extra_system {
+            system.push('\n');
+            system.push_str(e);
+        }
+        let mut turns = vec![Turn::new(Role::System, system)];
         for e in &self.examples {
             turns.push(Turn::new(Role::User, x(&e.user)));
             turns.push(Turn::new(Role::Assistant, x(&e.char)));
         }
-        if !self.greeting.trim().is_empty() {
+        let greeting = !self.greeting.trim().is_empty();
+        if first_is_assistant || greeting {
             turns.push(Turn::new(Role::User, OPENER.into()));
+        }
+        if greeting && !first_is_assistant {
             turns.push(Turn::new(Role::Assistant, x(&self.greeting)));
         }
         turns

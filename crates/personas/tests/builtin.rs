@@ -117,3 +117,35 @@ fn every_persona_renders_with_every_model_template() {
         );
     }
 }
+
+/// After the system message, roles alternate user/assistant and the block
+/// ends where the conversation's first turn can follow, with or without a
+/// greeting and whether or not the client opens with its own greeting.
+#[test]
+fn blocks_alternate_roles() {
+    use troupe_personas::Role;
+    let mut p = cast().remove(0);
+    for greeting in [p.greeting.clone(), String::new()] {
+        p.greeting = greeting;
+        for first_is_assistant in [false, true] {
+            let b = p.block_before("Ann", &["Be brief."], first_is_assistant);
+            assert_eq!(b[0].role, Role::System);
+            assert!(b[0].content.ends_with("\nBe brief."));
+            for (i, t) in b[1..].iter().enumerate() {
+                let want = if i % 2 == 0 {
+                    Role::User
+                } else {
+                    Role::Assistant
+                };
+                assert_eq!(t.role, want, "turn {i}");
+            }
+            let last = b.last().map(|t| t.role);
+            let want = if first_is_assistant {
+                Role::User
+            } else {
+                Role::Assistant
+            };
+            assert_eq!(last, Some(want), "greeting {:?}", p.greeting);
+        }
+    }
+}

@@ -350,31 +350,19 @@ pub fn with_defaults(
     f
 }
 
-/// The persona block followed by the request's turns. The request's system
-/// messages are added to the persona's system message; a conversation that
-/// starts with its own greeting (an assistant turn) replaces the block's.
+/// The persona block followed by the request's turns (see
+/// [`Persona::block_before`]: system messages join the persona's, a
+/// conversation opening with its own greeting replaces the block's).
 pub fn with_block(p: &Persona, msgs: Vec<Message>) -> Vec<Message> {
-    const USER: &str = "User";
-    let mut block: Vec<Message> = p
-        .block(USER)
+    let (system, rest): (Vec<Message>, Vec<Message>) =
+        msgs.into_iter().partition(|m| m.role == "system");
+    let extra: Vec<&str> = system.iter().map(|m| m.content.as_str()).collect();
+    let first_is_assistant = rest.first().is_some_and(|m| m.role == "assistant");
+    let mut out: Vec<Message> = p
+        .block_before("User", &extra, first_is_assistant)
         .into_iter()
         .map(|t| Message::new(t.role.as_str(), t.content))
         .collect();
-    let (system, rest): (Vec<Message>, Vec<Message>) =
-        msgs.into_iter().partition(|m| m.role == "system");
-    for s in system {
-        block[0].content.push('\n');
-        block[0].content.push_str(&s.content);
-    }
-    if rest.first().is_some_and(|m| m.role == "assistant") {
-        // Drop the block's opener + greeting; keep the opener so that roles
-        // still alternate.
-        if !p.greeting.trim().is_empty() {
-            block.pop();
-        }
-        block.extend(rest);
-    } else {
-        block.extend(rest);
-    }
-    block
+    out.extend(rest);
+    out
 }
