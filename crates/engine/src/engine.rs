@@ -79,6 +79,31 @@ pub struct KvStats {
     pub available: usize,
 }
 
+/// Cached prefix blocks held apart from any sequence (see
+/// [`Engine::hold_prefix`]). Dropping it without `release_hold` leaks the
+/// blocks for the engine's lifetime, never corrupts them.
+#[derive(Debug)]
+pub struct PrefixHold {
+    blocks: Vec<u32>,
+    key: u64,
+}
+
+impl PrefixHold {
+    /// The chained hash of the whole held prefix: equal keys, equal tokens.
+    pub fn key(&self) -> u64 {
+        self.key
+    }
+
+    pub fn n_blocks(&self) -> usize {
+        self.blocks.len()
+    }
+
+    /// Positions covered.
+    pub fn n_tokens(&self, block_size: usize) -> usize {
+        self.blocks.len() * block_size
+    }
+}
+
 /// One step's work for a sequence: append `tokens`; compute the logits of
 /// the last one when `logits` is set.
 pub struct Step<'a> {
@@ -208,6 +233,54 @@ impl Engine {
         s.tokens = prompt[..n].to_vec();
         s.len = n;
         Ok(n)
+    }
+
+    /// Holds the cached blocks that start with `tokens` (whole blocks, as
+    /// far as the prefix cache has them), so they survive the sequences
+    /// that made them and are never evicted, until [`Engine::release_hold`].
+    /// `None` when not even the first block is cached.
+    pub fn hold_prefix(&mut self, tokens: &[u32]) -> Option<PrefixHold> {
+        let bs = self.kv.layout.block_size;
+        let mut parent = 0u64;
+        let mut blocks = Vec::new();
+        for blk in tokens.chunks_exact(bs) {
+            match self.blocks.lookup(parent, blk) {
+                Some((b, h)) => {
+                    blocks.push(b);
+                    parent = h;
+                }
+                None => break,
+            }
+        }
+        if blocks.is_empty() {
+            return None;
+        }
+        for &b in &blocks {
+            self.blocks.retain(b);
+        }
+        Some(PrefixHold {
+            blocks,
+            key: parent,
+        })
+    }
+
+    /// Distinct blocks that only `holds` keep (no sequence holds them).
+    pub fn held_only(&self, holds: &[PrefixHold]) -> usize {
+        let mut count: std::collections::HashMap<u32, u32> = std::collections::HashMap::new();
+        for b in holds.iter().flat_map(|h| &h.blocks) {
+            *count.entry(*b).or_default() += 1;
+        }
+        count
+            .iter()
+            .filter(|&(&b, &n)| self.blocks.refs(b) == n)
+            .count()
+    }
+
+    /// Lets go of a held prefix; its blocks become ordinary cached blocks.
+    pub fn release_hold(&mut self, hold: PrefixHold) {
+        for b in hold.blocks {
+            self.blocks.release(b);
+        }
     }
 
     /// A new, empty sequence.

@@ -8,6 +8,6 @@ mod generate;
 pub mod sampler;
 pub mod scheduler;
 
-pub use engine::{Engine, EngineError, EngineOptions, KvStats, SeqId, Step};
+pub use engine::{Engine, EngineError, EngineOptions, KvStats, PrefixHold, SeqId, Step};
 pub use generate::{generate, FinishReason, Flow, GenerateError, GenerateParams, Generation};
 pub use troupe_models::ModelConfig;

@@ -10,7 +10,7 @@
 
 use crate::generate::{FinishReason, GenerateParams, StopMatcher};
 use crate::sampler::{Logprobs, Sampler};
-use crate::{Engine, SeqId, Step};
+use crate::{Engine, PrefixHold, SeqId, Step};
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -64,6 +64,10 @@ pub struct Request {
     /// `Some(n)`: log-probability of each sampled token and the `n` most
     /// likely alternatives.
     pub logprobs: Option<usize>,
+    /// The first `pin_prefix` prompt tokens (a persona block shared by many
+    /// conversations) stay pinned in the KV cache once computed: never
+    /// evicted while the pin budget holds them. 0: nothing pinned.
+    pub pin_prefix: usize,
     pub sink: Box<dyn Sink>,
 }
 
@@ -86,6 +90,10 @@ pub struct SchedulerOptions {
     /// step takes about this long (from measured speed), which bounds their
     /// inter-token latency; `None` always uses `prefill_chunk`.
     pub step_target: Option<std::time::Duration>,
+    /// Most KV blocks pinned prefixes may hold together; beyond it the
+    /// least recently used pin is let go (its blocks stay cached, but
+    /// evictable). `None`: a quarter of the cache.
+    pub pin_budget_blocks: Option<usize>,
 }
 
 /// Smallest prompt chunk the step-time target may shrink to.
@@ -106,6 +114,10 @@ pub struct SchedulerStats {
     pub generated_tokens: AtomicU64,
     pub steps: AtomicU64,
     pub cancelled: AtomicU64,
+    /// Pinned prefixes, and the blocks only they hold (not counted in
+    /// `kv_blocks_used`; blocks a running sequence also holds are).
+    pub pinned_prefixes: AtomicU64,
+    pub kv_blocks_pinned: AtomicU64,
     /// Cleared when the loop ends, whatever the reason.
     pub alive: AtomicBool,
 }
@@ -116,6 +128,8 @@ struct Active {
     logprobs: Option<usize>,
     sink: Box<dyn Sink>,
     seq: SeqId,
+    /// Prompt tokens to pin once fed (0 once done or when none).
+    pin_prefix: usize,
     /// Prompt tokens already in the cache.
     fed: usize,
     cached: usize,
@@ -144,6 +158,9 @@ pub struct Scheduler {
     draining: bool,
     /// Moving average of seconds per token in steps with a prompt chunk.
     secs_per_token: f64,
+    /// Pinned prefixes, least recently used first.
+    pins: Vec<PrefixHold>,
+    pin_budget: usize,
 }
 
 impl Scheduler {
@@ -154,7 +171,11 @@ impl Scheduler {
                 .prefill_chunk
                 .clamp(1, engine.max_batch_tokens().saturating_sub(1).max(1)),
             step_target: opts.step_target,
+            pin_budget_blocks: opts.pin_budget_blocks,
         };
+        let pin_budget = opts
+            .pin_budget_blocks
+            .unwrap_or(engine.kv_stats().n_blocks / 4);
         let stats = Arc::new(SchedulerStats::default());
         stats.alive.store(true, Relaxed);
         let s = Scheduler {
@@ -166,6 +187,8 @@ impl Scheduler {
             stats,
             draining: false,
             secs_per_token: 0.0,
+            pins: Vec::new(),
+            pin_budget,
         };
         s.publish();
         s
@@ -327,6 +350,12 @@ impl Scheduler {
             let cached = self.engine.attach_prefix(seq, &req.prompt).unwrap_or(0);
             let held = self.engine.seq_blocks(seq).unwrap_or(0);
             let need = budget_blocks - held;
+            while self.engine.kv_stats().available < self.reserved() + need && !self.pins.is_empty()
+            {
+                // Live requests come before pinned prefixes.
+                let h = self.pins.remove(0);
+                self.engine.release_hold(h);
+            }
             if self.engine.kv_stats().available < self.reserved() + need {
                 // Not now: give the cached blocks back and wait at the head.
                 self.engine.free_sequence(seq);
@@ -347,6 +376,7 @@ impl Scheduler {
                 .fetch_add(cached as u64, Relaxed);
             let mut params = req.params;
             params.max_tokens = max_tokens;
+            let pin_prefix = req.pin_prefix.min(req.prompt.len());
             self.running.push(Active {
                 history: req.prompt.clone(),
                 stops: StopMatcher::new(&params.stop),
@@ -355,6 +385,7 @@ impl Scheduler {
                 logprobs: req.logprobs,
                 sink: req.sink,
                 seq,
+                pin_prefix,
                 fed: cached,
                 cached,
                 budget_blocks,
@@ -430,10 +461,36 @@ impl Scheduler {
                     self.running[i].fed += n;
                     self.stats.prompt_tokens.fetch_add(n as u64, Relaxed);
                 }
+                self.pin_fed();
                 Ok(owners)
             }
             Ok(Err(e)) => Err(format!("engine error: {e}")),
             Err(_) => Err("internal error in the forward pass".into()),
+        }
+    }
+
+    /// Pins the prefixes requests asked for once their tokens are in the
+    /// cache (a prefix already pinned just moves to the back of the LRU).
+    fn pin_fed(&mut self) {
+        for i in 0..self.running.len() {
+            let a = &self.running[i];
+            if a.pin_prefix == 0 || a.fed < a.pin_prefix {
+                continue;
+            }
+            let n = a.pin_prefix;
+            self.running[i].pin_prefix = 0;
+            let Some(h) = self.engine.hold_prefix(&self.running[i].prompt[..n]) else {
+                continue;
+            };
+            if let Some(k) = self.pins.iter().position(|p| p.key() == h.key()) {
+                let old = self.pins.remove(k);
+                self.engine.release_hold(old);
+            }
+            self.pins.push(h);
+            while self.pins.iter().map(PrefixHold::n_blocks).sum::<usize>() > self.pin_budget {
+                let h = self.pins.remove(0);
+                self.engine.release_hold(h);
+            }
         }
     }
 
@@ -509,10 +566,14 @@ impl Scheduler {
         s.waiting.store(self.waiting.len() as u64, Relaxed);
         s.running.store(self.running.len() as u64, Relaxed);
         s.kv_blocks_total.store(kv.n_blocks as u64, Relaxed);
-        s.kv_blocks_used.store(kv.used as u64, Relaxed);
+        let pinned_only = self.engine.held_only(&self.pins);
+        s.kv_blocks_used
+            .store((kv.used - pinned_only) as u64, Relaxed);
         s.kv_blocks_cached.store(kv.cached_idle as u64, Relaxed);
         s.kv_blocks_free
             .store((kv.available - kv.cached_idle) as u64, Relaxed);
+        s.pinned_prefixes.store(self.pins.len() as u64, Relaxed);
+        s.kv_blocks_pinned.store(pinned_only as u64, Relaxed);
     }
 }
 

@@ -88,6 +88,7 @@ fn submit(s: &mut Scheduler, prompt: Vec<u32>, p: GenerateParams) -> mpsc::Recei
         prompt,
         params: p,
         logprobs: None,
+        pin_prefix: 0,
         sink: Box::new(sink),
     });
     rx
@@ -128,6 +129,7 @@ fn batched_generations_equal_generations_alone() {
             max_running: 8,
             prefill_chunk: 16,
             step_target: None,
+            pin_budget_blocks: None,
         },
     );
     let mut rxs = Vec::new();
@@ -182,6 +184,7 @@ fn cancelled_requests_free_their_blocks() {
             max_running: 4,
             prefill_chunk: 64,
             step_target: None,
+            pin_budget_blocks: None,
         },
     );
     let (tx, rx) = mpsc::channel();
@@ -190,6 +193,7 @@ fn cancelled_requests_free_their_blocks() {
         prompt: chat(&tok, QUESTIONS[1]),
         params: params(200),
         logprobs: None,
+        pin_prefix: 0,
         sink: Box::new(ChanSink {
             tx,
             gone: gone.clone(),
@@ -219,6 +223,7 @@ fn admission_waits_for_kv_space() {
             max_running: 4,
             prefill_chunk: 64,
             step_target: None,
+            pin_budget_blocks: None,
         },
     );
     let p = chat(&tok, QUESTIONS[0]);
