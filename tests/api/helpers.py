@@ -64,6 +64,9 @@ class Server:
             # Custom personas go to a folder of the test's, never the user's.
             own = [] if "--personas-dir" in self.flags else [
                 "--personas-dir", str(self.log_path.parent / f"{self.name}-personas")]
+            # Conversations likewise: one database per server.
+            if "--db" not in self.flags:
+                own += ["--db", str(self.log_path.parent / f"{self.name}.db")]
             cmd = [str(BIN), *data_args(), "serve", "-m", MODEL, "--port", str(self.port),
                    *own, *self.flags]
             self.log = open(self.log_path, "ab")
@@ -267,6 +270,28 @@ def stream_text(events) -> tuple[str, list[dict]]:
 
 
 def assert_kv_gauges_add_up(m: dict[str, float]) -> None:
-    used, free, cached = (m[f'troupe_kv_blocks{{state="{k}"}}'] for k in ("used", "free", "cached"))
-    assert min(used, free, cached) >= 0
-    assert used + free + cached == m["troupe_kv_blocks_total"], (used, free, cached, m["troupe_kv_blocks_total"])
+    states = ("used", "pinned", "free", "cached")
+    n = {k: m[f'troupe_kv_blocks{{state="{k}"}}'] for k in states}
+    assert min(n.values()) >= 0, n
+    assert sum(n.values()) == m["troupe_kv_blocks_total"], (n, m["troupe_kv_blocks_total"])
+
+
+def sse_events(resp: httpx.Response):
+    """(event, data) pairs of a streamed httpx response."""
+    event, data = "message", []
+    for line in resp.iter_lines():
+        if line == "":
+            if data:
+                yield event, "\n".join(data)
+            event, data = "message", []
+            continue
+        if line.startswith(":"):
+            continue
+        field, _, value = line.partition(":")
+        value = value[1:] if value.startswith(" ") else value
+        if field == "event":
+            event = value
+        elif field == "data":
+            data.append(value)
+    if data:
+        yield event, "\n".join(data)

@@ -49,6 +49,9 @@ pub struct ServeArgs {
     /// Where custom personas are stored (default DATA/personas).
     #[arg(long, value_name = "DIR")]
     personas_dir: Option<std::path::PathBuf>,
+    /// The conversation database (SQLite; default DATA/conversations.db).
+    #[arg(long, value_name = "FILE")]
+    db: Option<std::path::PathBuf>,
 }
 
 pub fn run(data: &Path, a: ServeArgs) -> Result<()> {
@@ -64,6 +67,21 @@ pub fn run(data: &Path, a: ServeArgs) -> Result<()> {
     if keys.iter().any(|k| k.trim().is_empty()) {
         anyhow::bail!("--api-key must not be empty");
     }
+    let db =
+        a.db.clone()
+            .unwrap_or_else(|| data.join("conversations.db"));
+    if let Some(dir) = db.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating the directory of {}", db.display()))?;
+    }
+    // Opened before the model loads, so a locked or newer database fails fast.
+    let store = troupe_store::Store::open(&db).with_context(|| {
+        format!(
+            "opening the conversation database {} (another `troupe serve` may be using it; \
+             pass --db FILE to use another)",
+            db.display()
+        )
+    })?;
     let max_concurrent = a.max_concurrent.max(1);
     let prefill_chunk = a.prefill_chunk.max(1);
     let kv = a
@@ -96,6 +114,7 @@ pub fn run(data: &Path, a: ServeArgs) -> Result<()> {
         max_body_bytes: a.max_body_bytes,
         drain_timeout: Duration::from_secs(a.drain_timeout),
         personas_dir: Some(a.personas_dir.unwrap_or_else(|| data.join("personas"))),
+        store: Some(Arc::new(store)),
     };
     let model = ServerModel {
         engine: m.engine,

@@ -39,6 +39,20 @@ pub fn router(state: Arc<AppState>, config: &crate::ServerConfig) -> Router {
                 .put(crate::personas::replace)
                 .delete(crate::personas::delete),
         )
+        .route(
+            "/v1/conversations",
+            get(crate::conversations::list).post(crate::conversations::create),
+        )
+        .route(
+            "/v1/conversations/{id}",
+            get(crate::conversations::get)
+                .patch(crate::conversations::patch)
+                .delete(crate::conversations::delete),
+        )
+        .route(
+            "/v1/conversations/{id}/messages",
+            post(crate::conversations::post_message),
+        )
         .route("/tokenize", post(tokenize))
         .route("/detokenize", post(detokenize))
         .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
@@ -272,10 +286,15 @@ async fn chat(
     let sampling = g::sampling(&fields)?;
     let stop = g::stops(&req.sampling)?;
     let mut msgs = messages(&req.messages)?;
+    let asked = msgs.clone();
     if let Some(p) = &persona {
         msgs = crate::personas::with_block(p, msgs);
     }
     let prompt = render_chat(&st, msgs, true).await?;
+    let pin_prefix = match &persona {
+        Some(p) => crate::history::chat_pin_prefix(&st, p, &asked, &prompt),
+        None => 0,
+    };
     let max_tokens = g::budget(
         prompt.len(),
         req.max_completion_tokens.or(req.max_tokens),
@@ -288,7 +307,9 @@ async fn chat(
         stop,
         stop_at_eog: !req.sampling.ignore_eos,
     };
-    let run = g::submit(&st, started, prompt, params, top.map(|n| n as usize))?;
+    let slot = g::enter(&st)?;
+    let logprobs = top.map(|n| n as usize);
+    let run = g::submit_in(&st, slot, started, prompt, params, logprobs, pin_prefix)?;
     let id = g::new_id("chatcmpl");
     let created = g::unix_now();
     if req.stream {
@@ -367,7 +388,7 @@ fn chat_logprob(st: &AppState, id: u32, lp: &Logprobs) -> p::TokenLogprobEntry {
     }
 }
 
-struct ChatChunks {
+pub(crate) struct ChatChunks {
     st: Arc<AppState>,
     /// The `model` the client asked for (a persona or the base model).
     model: String,
@@ -378,6 +399,36 @@ struct ChatChunks {
 }
 
 impl ChatChunks {
+    /// Chunks without logprobs, for replies other than `/v1/chat/completions`.
+    pub(crate) fn new(
+        st: Arc<AppState>,
+        model: String,
+        id: String,
+        created: u64,
+        include_usage: bool,
+    ) -> Self {
+        ChatChunks {
+            st,
+            model,
+            id,
+            created,
+            include_usage,
+            logprobs: false,
+        }
+    }
+
+    pub(crate) fn model(&self) -> &str {
+        &self.model
+    }
+
+    pub(crate) fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub(crate) fn created(&self) -> u64 {
+        self.created
+    }
+
     fn chunk(&self, delta: p::Delta, lp: Option<p::ChatLogprobs>, finish: Option<&str>) -> Value {
         let c = p::ChatCompletionChunk {
             id: self.id.clone(),

@@ -170,7 +170,7 @@ pub struct Run {
 
 impl Run {
     /// The next event, with latency metrics recorded as tokens arrive.
-    async fn next(&mut self) -> Option<Event> {
+    pub async fn next(&mut self) -> Option<Event> {
         let ev = self.rx.recv().await?;
         let m = &self.state.metrics;
         match &ev {
@@ -203,15 +203,36 @@ pub fn submit(
     params: GenerateParams,
     logprobs: Option<usize>,
 ) -> Result<Run, ApiError> {
+    let slot = enter(state)?;
+    submit_in(state, slot, started, prompt, params, logprobs, 0)
+}
+
+/// A queue slot, or 429 when the queue is full (503 while draining).
+pub fn enter(state: &Arc<AppState>) -> Result<InFlight, ApiError> {
     if state.draining.load(Relaxed) {
         return Err(ApiError::draining());
     }
-    let slot = state.try_enter().ok_or_else(ApiError::busy)?;
+    state.try_enter().ok_or_else(ApiError::busy)
+}
+
+/// Hands a request to the engine loop in a slot taken by [`enter`];
+/// `pin_prefix` prompt tokens (a persona block) are kept pinned in the KV
+/// cache for later requests.
+pub fn submit_in(
+    state: &Arc<AppState>,
+    slot: InFlight,
+    started: Instant,
+    prompt: Vec<u32>,
+    params: GenerateParams,
+    logprobs: Option<usize>,
+    pin_prefix: usize,
+) -> Result<Run, ApiError> {
     let (tx, rx) = unbounded_channel();
     let req = Request {
         prompt,
         params,
         logprobs,
+        pin_prefix,
         sink: Box::new(ChannelSink(tx)),
     };
     if !state.send(Command::Submit(req)) {

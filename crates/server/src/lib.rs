@@ -6,8 +6,10 @@
 //! runs model code, so a slow or hostile client cannot stall the loop.
 
 mod api;
+mod conversations;
 mod errors;
 mod generation;
+mod history;
 mod metrics;
 mod personas;
 mod state;
@@ -50,6 +52,7 @@ pub async fn serve_on(
             max_running: config.max_concurrent,
             prefill_chunk: config.prefill_chunk,
             step_target: config.step_target,
+            pin_budget_blocks: None,
         },
     );
     let stats = scheduler.stats();

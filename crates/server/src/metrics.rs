@@ -144,10 +144,11 @@ impl Metrics {
         );
         let _ = writeln!(
             out,
-            "# HELP troupe_kv_blocks KV cache blocks by state: used (held by running sequences), cached (idle, holding a reusable prefix), free; they add up to the total.\n# TYPE troupe_kv_blocks gauge\n\
-             troupe_kv_blocks{{state=\"used\"}} {}\ntroupe_kv_blocks{{state=\"free\"}} {}\n\
-             troupe_kv_blocks{{state=\"cached\"}} {}",
+            "# HELP troupe_kv_blocks KV cache blocks by state: used (held by running sequences), pinned (held only by pinned persona prefixes), cached (idle, holding a reusable prefix), free; they add up to the total.\n# TYPE troupe_kv_blocks gauge\n\
+             troupe_kv_blocks{{state=\"used\"}} {}\ntroupe_kv_blocks{{state=\"pinned\"}} {}\n\
+             troupe_kv_blocks{{state=\"free\"}} {}\ntroupe_kv_blocks{{state=\"cached\"}} {}",
             s.kv_blocks_used.load(Relaxed),
+            s.kv_blocks_pinned.load(Relaxed),
             s.kv_blocks_free.load(Relaxed),
             s.kv_blocks_cached.load(Relaxed),
         );
@@ -156,6 +157,12 @@ impl Metrics {
             "troupe_kv_blocks_total",
             "KV cache blocks in all.",
             s.kv_blocks_total.load(Relaxed),
+        );
+        gauge(
+            &mut out,
+            "troupe_pinned_prefixes",
+            "Persona prefixes pinned in the KV cache.",
+            s.pinned_prefixes.load(Relaxed),
         );
         self.ttft.render(
             &mut out,

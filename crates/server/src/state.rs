@@ -1,7 +1,9 @@
 //! Shared server state, configuration and the in-flight accounting.
 
 use crate::metrics::Metrics;
+use axum::http::{header, HeaderMap};
 use sha2::{Digest, Sha256};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
@@ -39,6 +41,8 @@ pub struct ServerConfig {
     pub drain_timeout: Duration,
     /// Where custom personas are stored (`None`: kept in memory only).
     pub personas_dir: Option<std::path::PathBuf>,
+    /// The conversation store (`None`: `/v1/conversations` answers 503).
+    pub store: Option<Arc<troupe_store::Store>>,
 }
 
 impl Default for ServerConfig {
@@ -54,6 +58,7 @@ impl Default for ServerConfig {
             max_body_bytes: 4 << 20,
             drain_timeout: Duration::from_secs(30),
             personas_dir: None,
+            store: None,
         }
     }
 }
@@ -73,6 +78,9 @@ pub struct AppState {
     key_hashes: Vec<[u8; 32]>,
     pub created: u64,
     pub personas: crate::personas::Registry,
+    pub store: Option<Arc<troupe_store::Store>>,
+    /// Conversations generating a reply now (one at a time each).
+    replying: Mutex<HashSet<String>>,
 }
 
 impl AppState {
@@ -104,6 +112,8 @@ impl AppState {
                 .collect(),
             created: crate::generation::unix_now(),
             personas: crate::personas::Registry::load(config.personas_dir.clone()),
+            store: config.store.clone(),
+            replying: Mutex::new(HashSet::new()),
         }
     }
 
@@ -129,6 +139,36 @@ impl AppState {
             ok |= diff == 0;
         }
         ok
+    }
+
+    /// Who owns what a request creates: a hash of its API key (never the
+    /// key itself), or `""` on a server without keys.
+    pub fn owner(&self, headers: &HeaderMap) -> String {
+        if !self.auth_required() {
+            return String::new();
+        }
+        let key = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .unwrap_or("");
+        sha256(key.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    /// Marks conversation `id` as replying; `None` if it already is.
+    pub fn claim_reply(self: &Arc<Self>, id: &str) -> Option<ReplyClaim> {
+        let mut set = self.replying.lock().unwrap_or_else(|e| e.into_inner());
+        set.insert(id.to_string())
+            .then(|| ReplyClaim(self.clone(), id.to_string()))
+    }
+
+    pub fn replying(&self, id: &str) -> bool {
+        let set = self.replying.lock().unwrap_or_else(|e| e.into_inner());
+        set.contains(id)
     }
 
     pub fn engine_alive(&self) -> bool {
@@ -157,6 +197,16 @@ impl AppState {
 
 fn sha256(b: &[u8]) -> [u8; 32] {
     Sha256::digest(b).into()
+}
+
+/// A conversation's reply in progress; released on drop.
+pub struct ReplyClaim(Arc<AppState>, String);
+
+impl Drop for ReplyClaim {
+    fn drop(&mut self) {
+        let mut set = self.0.replying.lock().unwrap_or_else(|e| e.into_inner());
+        set.remove(&self.1);
+    }
 }
 
 /// One accepted generation request.
