@@ -7,13 +7,10 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import sqlite3
-import threading
 import time
 
 import httpx
-import pytest
 
 from helpers import Server, assert_kv_gauges_add_up, assert_openai_error, sse_events
 
@@ -287,5 +284,7 @@ def test_kill_9_mid_reply_loses_no_committed_turn(tmp_path, logdir):
             # The conversation goes on after the restart.
             _, _, r = say(http, c["id"], "Go on.", max_tokens=4)
             assert r.status_code == 200
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
+            assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     finally:
         s2.kill()
