@@ -58,6 +58,8 @@ pub fn router(state: Arc<AppState>, config: &crate::ServerConfig) -> Router {
         .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
+        .route(crate::ui::ROUTES[0], get(crate::ui::index))
+        .route(crate::ui::ROUTES[1], get(crate::ui::file))
         .route_layer(middleware::from_fn_with_state(state.clone(), gate))
         .fallback(not_found)
         .method_not_allowed_fallback(wrong_method)
@@ -72,10 +74,12 @@ impl<T: serde::Serialize> IntoResponse for Json<T> {
 }
 
 /// Auth, draining and per-route request counts, for every matched route.
+/// `/health` and the web UI's static files hold no data: no key needed.
 async fn gate(State(st): St, path: MatchedPath, req: Request, next: Next) -> Response {
     let route = path.as_str().to_string();
-    let open = matches!(route.as_str(), "/health" | "/ready" | "/metrics");
-    let resp = if route != "/health" && st.auth_required() && !authorized(&st, &req) {
+    let public = route == "/health" || crate::ui::ROUTES.contains(&route.as_str());
+    let open = public || matches!(route.as_str(), "/ready" | "/metrics");
+    let resp = if !public && st.auth_required() && !authorized(&st, &req) {
         ApiError::unauthorized().into_response()
     } else if !open && st.draining.load(Relaxed) {
         ApiError::draining().into_response()

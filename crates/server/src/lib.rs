@@ -13,6 +13,7 @@ mod history;
 mod metrics;
 mod personas;
 mod state;
+mod ui;
 
 pub use state::{ServerConfig, ServerModel};
 
