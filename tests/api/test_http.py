@@ -164,7 +164,9 @@ def test_unknown_model_404_openai_client(client):
 def test_unknown_route_404(http):
     assert_openai_error(http.get("/v1/nope"), 404, code="not_found")
     assert_openai_error(http.post("/v2/chat/completions", json={}), 404, code="not_found")
-    assert_openai_error(http.get("/"), 404, code="not_found")
+    # `/` is the web chat; unknown files next to it are API-style 404s too.
+    assert_openai_error(http.get("/index.html"), 404, code="not_found")
+    assert_openai_error(http.get("/ui/nope.js"), 404, code="not_found")
 
 
 def test_wrong_method_405(http):

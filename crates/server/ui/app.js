@@ -494,6 +494,10 @@ function bind() {
   $("open-drawer").addEventListener("click", () => setDrawer(true));
   $("close-drawer").addEventListener("click", () => setDrawer(false));
   $("backdrop").addEventListener("click", () => setDrawer(false));
+  // Picking the chat that is already open changes no hash: close here too.
+  $("conv-list").addEventListener("click", (ev) => {
+    if (ev.target.closest(".conv-link")) setDrawer(false);
+  });
   document.addEventListener("keydown", (ev) => {
     if (ev.key === "Escape" && $("app").classList.contains("drawer-open")) setDrawer(false);
   });
