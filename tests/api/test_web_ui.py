@@ -10,13 +10,14 @@ Replies are kept short through the page's query string (`?max_tokens=`,
 from __future__ import annotations
 
 import os
+import signal
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from helpers import Server
+from helpers import Server, SSEStream, chat_body
 
 CHROMIUM = Path(os.environ.get("TROUPE_CHROMIUM", "/usr/bin/chromium"))
 # Without the networking flags Chromium keeps calling home, which here
@@ -277,7 +278,12 @@ def test_phone_screen(browser, ui_server):
         no_horizontal_scroll(page)
         page.tap(f".card[data-persona='{PERSONA}']")
         page.wait_for_selector("#messages .msg")
-        send(page, "x" * 300)  # one long word must wrap, not widen the page
+        # One long word must wrap, not widen the page; on touch screens
+        # Enter breaks the line and the button sends.
+        page.fill("#input", "x" * 300)
+        page.press("#input", "Enter")
+        assert page.input_value("#input") == "x" * 300 + "\n"
+        page.tap("#send")
         wait_reply_done(page)
         no_horizontal_scroll(page)
         box = page.locator("#composer").bounding_box()
@@ -357,3 +363,27 @@ def test_turns_left_out_are_noted(browser, start_server):
         assert "left out of the model's context" in note.text_content()
     finally:
         page.context.close()
+
+
+def test_page_still_loads_while_draining(browser, start_server):
+    """After SIGTERM the static files are still served, and the page shows
+    the API's 503 message rather than failing to load."""
+    s = start_server("drain", ["--drain-timeout", "20"])
+    st = SSEStream(s, "/v1/chat/completions", chat_body("Write a long story.", max_tokens=2000, stream=True))
+    page = new_page(browser)
+    try:
+        assert st.status == 200 and st.next_event()
+        s.signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while httpx.get(s.url + "/ready", timeout=10).status_code != 503:
+            assert time.monotonic() < deadline, "not draining"
+            time.sleep(0.05)
+        for path in ("/", "/ui/app.js"):
+            assert httpx.get(s.url + path, timeout=10).status_code == 200, path
+        page.goto(s.url + "/")
+        page.wait_for_selector("#gallery-status:has-text('shutting down')")
+        assert not page.problems, page.problems
+    finally:
+        page.context.close()
+        st.close()  # the last request gone, the server exits
+    assert s.wait(timeout=20) == 0

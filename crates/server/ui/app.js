@@ -60,7 +60,7 @@ function clearError() {
 function askKey(refused) {
   const dialog = $("key-dialog");
   $("key-why").textContent = refused
-    ? "The server refused the saved API key. Enter the right one."
+    ? "The server refused that API key. Enter the right one."
     : "This server asks for an API key.";
   $("key-input").value = "";
   return new Promise((resolve) => {
@@ -348,7 +348,7 @@ const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 async function send() {
   const conv = state.conv;
-  const content = $("input").value;
+  const content = $("input").value.trimEnd();
   if (!conv || !content.trim() || state.streams.has(conv.id)) return;
   clearError();
   stopPolling();
@@ -474,8 +474,12 @@ function bind() {
     ev.preventDefault();
     send();
   });
+  // Enter sends, Shift+Enter breaks the line; touch keyboards have no
+  // Shift, so there Enter breaks the line and the button sends.
+  const touch = matchMedia("(pointer: coarse)").matches;
+  $("input").enterKeyHint = touch ? "enter" : "send";
   $("input").addEventListener("keydown", (ev) => {
-    if (ev.key === "Enter" && !ev.shiftKey && !ev.isComposing) {
+    if (ev.key === "Enter" && !ev.shiftKey && !ev.isComposing && !touch) {
       ev.preventDefault();
       send();
     }
@@ -503,7 +507,7 @@ function bind() {
   });
   $("forget-key").addEventListener("click", () => {
     saveKey("");
-    updateKeyButton();
+    location.reload(); // start over as a visitor without a key
   });
   window.addEventListener("hashchange", route);
 }
