@@ -413,7 +413,8 @@ async function send() {
       if (!$("input").value) $("input").value = content;
       autoGrow();
       showError(e.code === "conversation_busy"
-        ? new ApiError("A reply is still being written in this conversation (maybe in another tab). Wait for it to finish, then send again.", e)
+        ? new ApiError("A reply is still being written in this conversation (maybe in another tab). Wait for it to finish, then send again.",
+          { status: e.status, code: e.code })
         : e);
     } else {
       reply.setStatus("error", e.message);
