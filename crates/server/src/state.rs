@@ -236,7 +236,11 @@ impl ReplyClaim {
 
 impl Drop for ReplyClaim {
     fn drop(&mut self) {
-        let mut map = self.state.replying.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = self
+            .state
+            .replying
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         map.remove(&self.id);
     }
 }
