@@ -1,4 +1,5 @@
-//! Multi-token matmul: one weight row against a group of 8 tokens at once.
+//! Multi-token matmul: one weight row against a group of 8 tokens at once
+//! (Q4_1, Q5_0 and Q8_0 weights).
 //!
 //! `vec_dot` unpacks a weight block and converts its scales once per token;
 //! with 8 tokens that work is 8× the arithmetic that matters. Here the
@@ -65,6 +66,7 @@ pub fn kernel(ty: GgmlType) -> Option<GemmFn> {
         match ty {
             GgmlType::Q4_1 => Some(x86::q4_1),
             GgmlType::Q8_0 => Some(x86::q8_0),
+            GgmlType::Q5_0 => Some(x86::q5_0),
             _ => None,
         }
     }
@@ -177,6 +179,7 @@ mod x86 {
     /// Weight bytes per block.
     const Q4_1_BYTES: usize = 20;
     const Q8_0_BYTES: usize = 34;
+    const Q5_0_BYTES: usize = 22;
 
     // SAFETY (both wrappers): `kernel()` hands these out only when the CPU
     // has AVX-512 VNNI; every load below reads a fixed-size array.
@@ -203,6 +206,19 @@ mod x86 {
                 2 => q8_0_k::<2>(nb, w, group, out),
                 3 => q8_0_k::<3>(nb, w, group, out),
                 _ => q8_0_k::<4>(nb, w, group, out),
+            }
+        }
+    }
+
+    pub(super) fn q5_0(nb: usize, w: &[u8], group: &[Rec], nt: usize, out: &mut [[f32; GROUP]]) {
+        assert!(w.len() >= out.len() * nb * Q5_0_BYTES && group.len() == nb && nt <= GROUP);
+        // SAFETY: see above.
+        unsafe {
+            match nt.div_ceil(2) {
+                0 | 1 => q5_0_k::<1>(nb, w, group, out),
+                2 => q5_0_k::<2>(nb, w, group, out),
+                3 => q5_0_k::<3>(nb, w, group, out),
+                _ => q5_0_k::<4>(nb, w, group, out),
             }
         }
     }
@@ -310,6 +326,40 @@ mod x86 {
             finish(&acc, [0.0; GROUP], o);
         }
     }
+
+    /// Q5_0 weights × packed Q8_0 activations: each weight `q - 16` (`q`
+    /// the 5-bit quant) is biased to unsigned as `q + 112`, built as
+    /// `nibble | 0x70` plus `0x10` where the high bit is set, and the same
+    /// packed correction as Q8_0 removes the bias; the float steps are
+    /// those of Q8_0 (and of Q5_0's `vec_dot`).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
+    fn q5_0_k<const NP: usize>(nb: usize, w: &[u8], group: &[Rec], out: &mut [[f32; GROUP]]) {
+        let low = _mm512_set1_epi8(0x0F);
+        let base = _mm512_set1_epi8(0x70);
+        let high = _mm512_set1_epi8(0x10);
+        let rb = nb * Q5_0_BYTES;
+        for (r, (row, o)) in w.chunks_exact(rb).zip(out.iter_mut()).enumerate() {
+            prefetch(w, (r + PREFETCH_ROWS) * rb, rb);
+            let mut acc = [_mm512_setzero_ps(); NP];
+            for (blk, rec) in row.as_chunks::<Q5_0_BYTES>().0.iter().zip(group) {
+                // [lo nibbles | hi nibbles] = elements 0..32, twice.
+                let (qs, _) = blk[6..].as_chunks::<16>();
+                // SAFETY: 16 readable bytes.
+                let v = unsafe { _mm512_broadcast_i32x4(_mm_loadu_si128(qs[0].as_ptr().cast())) };
+                let v = _mm512_mask_srli_epi16(v, 0xFF00_FF00, v, 4);
+                let q = _mm512_or_si512(_mm512_and_si512(v, low), base);
+                let qh = u32::from_le_bytes([blk[2], blk[3], blk[4], blk[5]]) as u64;
+                let x = _mm512_mask_add_epi8(q, qh | qh << 32, q, high);
+                let wd = _mm512_set1_ps(f16_to_f32(u16::from_le_bytes([blk[0], blk[1]])));
+                for (p, acc) in acc.iter_mut().enumerate() {
+                    let i = _mm512_dpbusd_epi32(load_u(&rec.x[p]), x, load_i(&rec.qs[p]));
+                    let d = _mm512_mul_ps(wd, load_f(&rec.d[p]));
+                    *acc = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(i), *acc);
+                }
+            }
+            finish(&acc, [0.0; GROUP], o);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -335,7 +385,7 @@ mod tests {
     /// and partial groups.
     #[test]
     fn gemm_matches_vec_dot_bitwise() {
-        for ty in [GgmlType::Q4_1, GgmlType::Q8_0] {
+        for ty in [GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::Q5_0] {
             let Some(k) = kernel(ty) else {
                 eprintln!("no multi-token kernel for {ty} on this CPU; skipped");
                 continue;
