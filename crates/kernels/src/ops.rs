@@ -168,6 +168,36 @@ mod x86 {
         }
     }
 
+    /// `x[i] = ggml_v_expf(x[i] - max)` over whole 16-float groups;
+    /// returns how many were done and how many are left.
+    #[target_feature(enable = "avx512f,avx512dq,avx2,fma")]
+    pub(super) fn exp_sub_512(x: &mut [f32], max: f32) -> (usize, usize) {
+        let m = _mm512_set1_ps(max);
+        let (groups, rest) = x.as_chunks_mut::<16>();
+        for g in groups.iter_mut() {
+            // SAFETY: 16 readable/writable floats.
+            unsafe {
+                let v = _mm512_sub_ps(_mm512_loadu_ps(g.as_ptr()), m);
+                // A lane at -inf (a masked key) is 0, as the scalar code gives.
+                let dead = _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(v, _mm512_set1_ps(f32::NEG_INFINITY));
+                let mut neg = [0f32; 16];
+                _mm512_storeu_ps(neg.as_mut_ptr(), _mm512_sub_ps(_mm512_setzero_ps(), v));
+                let safe = _mm512_mask_mov_ps(v, dead, _mm512_setzero_ps());
+                for (l, n) in neg.iter_mut().enumerate() {
+                    if dead & (1 << l) != 0 {
+                        *n = 0.0;
+                    }
+                }
+                let e = expf_512(safe, &neg);
+                _mm512_storeu_ps(
+                    g.as_mut_ptr(),
+                    _mm512_mask_mov_ps(e, dead, _mm512_setzero_ps()),
+                );
+            }
+        }
+        (groups.len() * 16, rest.len())
+    }
+
     /// `ggml_v_expf` of each lane of `x`; `src` holds the inputs negated
     /// (for the scalar redo of out-of-range lanes).
     #[inline]
@@ -223,18 +253,35 @@ pub fn ggml_soft_max_exp(x: &mut [f32], max: f32) -> f64 {
     let mut sum = 0f64;
     let n_vec = x.len() / GGML_F32_LANES * GGML_F32_LANES;
     let (xv, xt) = x.split_at_mut(n_vec);
+    #[cfg(target_arch = "x86_64")]
+    let xv = if crate::cpu::best() >= crate::cpu::Isa::Avx512 {
+        // SAFETY: the CPU has AVX-512 F/DQ and FMA.
+        let (done, rest) = unsafe { x86::exp_sub_512(xv, max) };
+        for c in xv[..done].chunks_exact(GGML_F32_LANES) {
+            sum += group_sum(c);
+        }
+        &mut xv[done..][..rest]
+    } else {
+        xv
+    };
     for c in xv.chunks_exact_mut(GGML_F32_LANES) {
         for v in c.iter_mut() {
             *v = ggml_v_expf(*v - max);
         }
-        let h: [f32; 4] = std::array::from_fn(|l| c[l + 4] + c[l]);
-        sum += ((h[0] + h[2]) + (h[1] + h[3])) as f64;
+        sum += group_sum(c);
     }
     for v in xt.iter_mut() {
         *v = (*v - max).exp();
         sum += *v as f64;
     }
     sum
+}
+
+/// One group's sum as ggml's AVX2 reduction forms it.
+#[inline(always)]
+fn group_sum(c: &[f32]) -> f64 {
+    let h: [f32; 4] = std::array::from_fn(|l| c[l + 4] + c[l]);
+    ((h[0] + h[2]) + (h[1] + h[3])) as f64
 }
 
 /// Dot product of two f16-valued vectors (given as f32) in the order of
@@ -433,6 +480,46 @@ mod tests {
         rms_norm(&x, &w, 0.0, &mut out);
         let rms = (out.iter().map(|v| v * v).sum::<f32>() / 64.0).sqrt();
         assert!((rms - 1.0).abs() < 1e-5);
+    }
+
+    /// Parity (tolerance: exact): the AVX-512 exponentials and the group
+    /// sums equal the scalar formula, masked (-inf) and extreme lanes too.
+    #[test]
+    fn soft_max_exp_matches_scalar_bitwise() {
+        let mut x = 0x2545_f491u32;
+        for n in [0usize, 7, 8, 16, 24, 64, 67] {
+            let mut v: Vec<f32> = (0..n)
+                .map(|i| {
+                    x ^= x << 13;
+                    x ^= x >> 17;
+                    x ^= x << 5;
+                    match i % 11 {
+                        3 => f32::NEG_INFINITY,
+                        7 => -150.0,
+                        _ => (x as f32 / u32::MAX as f32 - 0.5) * 40.0,
+                    }
+                })
+                .collect();
+            let max = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut want = v.clone();
+            let mut sum = 0f64;
+            let nv = n / 8 * 8;
+            for c in want[..nv].chunks_exact_mut(8) {
+                for e in c.iter_mut() {
+                    *e = ggml_v_expf(*e - max);
+                }
+                sum += group_sum(c);
+            }
+            for e in want[nv..].iter_mut() {
+                *e = (*e - max).exp();
+                sum += *e as f64;
+            }
+            let got = ggml_soft_max_exp(&mut v, max);
+            assert_eq!(got.to_bits(), sum.to_bits(), "n {n}");
+            for (a, b) in v.iter().zip(&want) {
+                assert_eq!(a.to_bits(), b.to_bits(), "n {n}: {a} vs {b}");
+            }
+        }
     }
 
     #[test]

@@ -67,7 +67,12 @@ impl Workspace {
             attn_scratch: vec![
                 0.0;
                 n_threads.max(1)
-                    * attention_scratch_len(max_ctx, cfg.head_dim, block_size)
+                    * attention_scratch_len(
+                        max_ctx,
+                        cfg.head_dim,
+                        block_size,
+                        cfg.n_head / cfg.n_head_kv.max(1),
+                    )
             ],
             last: Vec::new(),
             logits: Vec::new(),

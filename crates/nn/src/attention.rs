@@ -13,6 +13,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use troupe_kernels::ops::{dot_f16_ggml, dot_fma_chain, ggml_soft_max_exp};
 use troupe_kernels::pool::{ThreadPool, UnsafeSlice};
 
+mod tiled;
+
 /// Shape and masking of one attention layer.
 #[derive(Debug, Clone, Copy)]
 pub struct AttentionParams {
@@ -35,10 +37,23 @@ const FA_TILE: usize = 64;
 /// alone, batched with others, or with a prompt split into chunks.
 pub const TILED_MIN_ROWS: usize = 64;
 
-/// Per-thread scratch the attention needs, in f32 elements.
-pub fn attention_scratch_len(max_ctx: usize, head_dim: usize, block_size: usize) -> usize {
+/// Query rows of one sequence the tiled path takes per work item.
+const ROWS_PER_ITEM: usize = 16;
+
+/// Query heads of one KV group the tiled path takes per work item.
+const HEADS_PER_ITEM: usize = 8;
+
+/// Per-thread scratch the attention needs, in f32 elements, for `group`
+/// query heads per KV head.
+pub fn attention_scratch_len(
+    max_ctx: usize,
+    head_dim: usize,
+    block_size: usize,
+    group: usize,
+) -> usize {
     let _ = (max_ctx, block_size);
-    FA_TILE + 3 * head_dim
+    let heads = group.clamp(1, HEADS_PER_ITEM);
+    (FA_TILE + 3 * head_dim).max(tiled::scratch_len(head_dim, heads))
 }
 
 /// Writes the new rows' K and V (`[n_tokens, n_kv_heads * head_dim]`) into
@@ -85,13 +100,21 @@ pub fn attention(
     let hd = p.head_dim;
     let bs = kv.layout.block_size;
     let n_rows = batch.n_tokens();
-    let per_thread = attention_scratch_len(max_ctx, hd, bs);
+    let group = (p.n_head / p.n_kv_heads.max(1)).max(1);
+    let per_thread = attention_scratch_len(max_ctx, hd, bs, group);
     assert!(
         scratch.len() >= per_thread * pool.n_threads(),
         "attention scratch too small"
     );
     let out = UnsafeSlice::new(&mut out[..n_rows * p.n_head * hd]);
     let scratch = UnsafeSlice::new(scratch);
+    let subsets = group.div_ceil(HEADS_PER_ITEM);
+    let n_tiled = batch
+        .seqs
+        .iter()
+        .filter(|s| s.tiled)
+        .map(|s| s.rows.len().div_ceil(ROWS_PER_ITEM) * p.n_kv_heads * subsets)
+        .sum();
     let work = Work {
         p,
         layer,
@@ -101,6 +124,10 @@ pub fn attention(
         out: &out,
         n_items: n_rows * p.n_head,
         next: AtomicUsize::new(0),
+        n_tiled,
+        next_tiled: AtomicUsize::new(0),
+        group,
+        subsets,
         f16c: has_avx2_f16c(),
     };
     pool.run(|ti, _| {
@@ -128,6 +155,13 @@ struct Work<'a> {
     out: &'a UnsafeSlice<'a, f32>,
     n_items: usize,
     next: AtomicUsize,
+    /// Items of the tiled path: (sequence, KV head, chunk of
+    /// [`ROWS_PER_ITEM`] rows, subset of the group's query heads).
+    n_tiled: usize,
+    next_tiled: AtomicUsize,
+    /// Query heads per KV head, and the subsets they are split into.
+    group: usize,
+    subsets: usize,
     /// AVX2 + FMA + F16C available (for the vectorised one-key path).
     f16c: bool,
 }
@@ -143,9 +177,10 @@ impl Work<'_> {
 
     #[inline(always)]
     fn run(&self, s: &mut [f32]) {
+        self.run_tiled(s);
         let p = self.p;
         let hd = p.head_dim;
-        let group = p.n_head / p.n_kv_heads;
+        let group = self.group;
         let batch = self.batch;
         loop {
             let item = self.next.fetch_add(1, Ordering::Relaxed);
@@ -175,7 +210,7 @@ impl Work<'_> {
                     .slice_mut((row * p.n_head + h) * hd..(row * p.n_head + h + 1) * hd)
             };
             if batch.seqs[seq].tiled {
-                attend_tiled(&rows, qh, lo, pos, p.scale, o, s);
+                continue; // done by `run_tiled`
             } else {
                 #[cfg(target_arch = "x86_64")]
                 if self.f16c && hd.is_multiple_of(32) {
@@ -185,6 +220,81 @@ impl Work<'_> {
                 }
                 attend_online_f16(&rows, qh, lo, pos, p.scale, o, s);
             }
+        }
+    }
+}
+
+impl Work<'_> {
+    /// The tiled path's items: many rows and heads per call, so K and V are
+    /// read once for all of them. Later chunks of a sequence see more keys,
+    /// so they are handed out first.
+    #[inline(always)]
+    fn run_tiled(&self, s: &mut [f32]) {
+        let p = self.p;
+        let hd = p.head_dim;
+        let batch = self.batch;
+        let mut queries = [tiled::Query {
+            at: 0,
+            lo: 0,
+            pos: 0,
+        }; ROWS_PER_ITEM * HEADS_PER_ITEM];
+        loop {
+            let mut item = self.next_tiled.fetch_add(1, Ordering::Relaxed);
+            if item >= self.n_tiled {
+                return;
+            }
+            let per_chunk = p.n_kv_heads * self.subsets;
+            let Some((seq, sl)) =
+                batch
+                    .seqs
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, s)| s.tiled)
+                    .find(|(_, s)| {
+                        let n = s.rows.len().div_ceil(ROWS_PER_ITEM) * per_chunk;
+                        if item < n {
+                            return true;
+                        }
+                        item -= n;
+                        false
+                    })
+            else {
+                return;
+            };
+            let n_chunks = sl.rows.len().div_ceil(ROWS_PER_ITEM);
+            let chunk = n_chunks - 1 - item / per_chunk;
+            let kvh = item % per_chunk / self.subsets;
+            let subset = item % self.subsets;
+            let heads = kvh * self.group + subset * HEADS_PER_ITEM
+                ..(kvh * self.group + ((subset + 1) * HEADS_PER_ITEM).min(self.group));
+            let r0 = sl.rows.start + chunk * ROWS_PER_ITEM;
+            let r1 = (r0 + ROWS_PER_ITEM).min(sl.rows.end);
+            let mut n = 0;
+            for row in r0..r1 {
+                let pos = batch.positions[row] as usize;
+                let lo = if p.window > 0 {
+                    (pos + 1).saturating_sub(p.window)
+                } else {
+                    0
+                };
+                for h in heads.clone() {
+                    queries[n] = tiled::Query {
+                        at: (row * p.n_head + h) * hd,
+                        lo,
+                        pos,
+                    };
+                    n += 1;
+                }
+            }
+            let rows = KvRows {
+                kv: self.kv,
+                layer: self.layer,
+                table: batch.blocks_of(seq),
+                head: kvh,
+                bs: self.kv.layout.block_size,
+                hd,
+            };
+            tiled::attend_many(&rows, &queries[..n], self.q, p.scale, self.out, s);
         }
     }
 }
