@@ -14,6 +14,8 @@
 use crate::tensor::{LoadError, MappedTensor, WeightSource};
 use troupe_gguf::GgmlType;
 use troupe_kernels::formats::gemm::{self, GemmFn, PackedInput, GROUP};
+use troupe_kernels::formats::ggml_mm::{self, Kernel};
+use troupe_kernels::formats::kgemm::{self, KPacked, KScratch};
 use troupe_kernels::pool::{ThreadPool, UnsafeSlice};
 use troupe_kernels::{fast_ops, QuantOps};
 
@@ -89,6 +91,10 @@ impl Linear {
         if let (Some(k), Some(packed)) = (self.gemm, x.packed(self.ops.vec_dot_type)) {
             return self.forward_gemm(k, packed, out, pool);
         }
+        let split = self.kgemm_tokens(n_tokens);
+        if split > 0 && x.kpacked.n_tokens() == n_tokens {
+            return self.forward_kgemm(x, split, out, pool);
+        }
         let (xq, x_row) = x.rows(self.ops.vec_dot_type);
         let w = self.w.bytes();
         let w_row = w.len() / self.n_out;
@@ -123,6 +129,62 @@ impl Linear {
 }
 
 impl Linear {
+    /// How many leading tokens of an `n_tokens` batch the K-quant
+    /// multi-token kernel takes (the rest keep llama.cpp's per-row kernel):
+    /// those of the repacked Q4_K gemm or the tiled Q6_K matmul.
+    fn kgemm_tokens(&self, n_tokens: usize) -> usize {
+        if n_tokens < 2 || !kgemm::supports(self.w.ty) {
+            return 0;
+        }
+        match ggml_mm::plan(self.w.ty, self.n_out, n_tokens) {
+            (split, Kernel::Q4KGemm | Kernel::Q6KTiled, _) => split,
+            _ => 0,
+        }
+    }
+
+    /// [`Linear::forward`] with the K-quant multi-token kernel for tokens
+    /// `0..split` and the per-row kernel for the rest.
+    fn forward_kgemm(&self, x: &QuantizedInput, split: usize, out: &mut [f32], pool: &ThreadPool) {
+        thread_local! {
+            static SCRATCH: std::cell::RefCell<KScratch> = std::cell::RefCell::new(KScratch::default());
+        }
+        let (n_tokens, n_out, n_in) = (x.n_tokens, self.n_out, self.n_in);
+        let (xq, x_row) = x.rows(self.ops.vec_dot_type);
+        let w = self.w.bytes();
+        let w_row = w.len() / n_out;
+        let tail = ggml_mm::matmul_dots(self.w.ty, n_out, n_tokens, self.ops.vec_dot).tail;
+        let bias = self.bias.as_deref();
+        let out = UnsafeSlice::new(&mut out[..n_tokens * n_out]);
+        let ty = self.w.ty;
+        pool.for_ranges(n_out, ROW_ALIGN, |rows| {
+            SCRATCH.with(|s| {
+                let mut s = s.borrow_mut();
+                kgemm::matmul(
+                    ty,
+                    w,
+                    rows.clone(),
+                    &x.kpacked,
+                    split,
+                    &mut s,
+                    &mut |t, r, v| {
+                        let b = bias.map_or(0.0, |b| b[r]);
+                        // SAFETY: each thread owns a disjoint set of rows.
+                        unsafe { out.write(t * n_out + r, v + b) };
+                    },
+                );
+            });
+            for r in rows {
+                let wr = &w[r * w_row..(r + 1) * w_row];
+                let b = bias.map_or(0.0, |b| b[r]);
+                for t in split..n_tokens {
+                    let v = tail(n_in, wr, &xq[t * x_row..(t + 1) * x_row]) + b;
+                    // SAFETY: as above.
+                    unsafe { out.write(t * n_out + r, v) };
+                }
+            }
+        });
+    }
+
     /// [`Linear::forward`] with the multi-token kernel: each thread takes
     /// tiles of [`ROW_ALIGN`] weight rows and runs every token group over a
     /// tile while it is in L1.
@@ -163,6 +225,8 @@ pub struct QuantizedInput {
     bufs: Vec<(GgmlType, Vec<u8>, usize)>,
     /// The same rows packed for multi-token kernels (two tokens or more).
     packed: Vec<PackedInput>,
+    /// Q8_K rows packed for the K-quant multi-token kernel.
+    kpacked: KPacked,
     n_tokens: usize,
     cols: usize,
 }
@@ -190,6 +254,7 @@ impl QuantizedInput {
         for p in &mut self.packed {
             p.reset_stale();
         }
+        self.kpacked.reset_stale();
         for l in layers {
             let ty = l.input_type();
             let Some(row_bytes) = ty.row_bytes(cols) else {
@@ -227,6 +292,12 @@ impl QuantizedInput {
             {
                 self.pack(idx, pool);
             }
+            if layers
+                .iter()
+                .any(|l| l.input_type() == ty && l.kgemm_tokens(n_tokens) > 0)
+            {
+                self.kpack(idx, pool);
+            }
         }
     }
 
@@ -251,6 +322,24 @@ impl QuantizedInput {
                 // SAFETY: groups are disjoint between threads.
                 let dst = unsafe { recs.slice_mut(g * nb..(g + 1) * nb) };
                 gemm::pack_group(ty, nb, &rows[g * GROUP * row_bytes..t1 * row_bytes], dst);
+            }
+        });
+    }
+
+    /// Packs the Q8_K buffer `idx` for the K-quant multi-token kernel.
+    fn kpack(&mut self, idx: usize, pool: &ThreadPool) {
+        let (_, ref buf, row_bytes) = self.bufs[idx];
+        let nb = self.cols / 256;
+        let n_tokens = self.n_tokens;
+        let groups = self.kpacked.reset(n_tokens, nb);
+        let rows = &buf[..row_bytes * n_tokens];
+        let recs = UnsafeSlice::new(self.kpacked.recs_mut());
+        pool.for_ranges(groups, 1, |gs| {
+            for g in gs {
+                let t1 = ((g + 1) * kgemm::LANES).min(n_tokens);
+                // SAFETY: groups are disjoint between threads.
+                let dst = unsafe { recs.slice_mut(g * nb..(g + 1) * nb) };
+                kgemm::pack_group(nb, &rows[g * kgemm::LANES * row_bytes..t1 * row_bytes], dst);
             }
         });
     }

@@ -13,6 +13,7 @@ pub mod f16;
 pub mod f32;
 pub mod gemm;
 pub mod ggml_mm;
+pub mod kgemm;
 pub(crate) mod kquant_simd;
 pub mod q4_0;
 pub mod q4_1;
