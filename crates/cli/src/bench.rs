@@ -64,6 +64,9 @@ pub fn run(data: &Path, a: BenchArgs) -> Result<()> {
     }
     let reps = a.reps.max(1);
     let (mut pp, mut tg) = (Vec::new(), Vec::new());
+    // Allocation calls inside the engine's decode steps (sampling here is
+    // a plain argmax), after the warm-up repetition.
+    let (mut decode_allocs, mut decode_steps) = (0u64, 0u64);
     // One warm-up of each test, not counted.
     for rep in 0..=reps {
         let seq = m.engine.new_sequence();
@@ -86,6 +89,7 @@ pub fn run(data: &Path, a: BenchArgs) -> Result<()> {
                     span: 0,
                 })
                 .collect();
+            let before = crate::alloc::calls();
             m.engine.step(&steps)?;
             for (i, n) in next.iter_mut().enumerate() {
                 let l = m.engine.logits(i).unwrap_or(&[]);
@@ -94,6 +98,10 @@ pub fn run(data: &Path, a: BenchArgs) -> Result<()> {
                     .enumerate()
                     .fold((0, f32::MIN), |b, (i, &v)| if v > b.1 { (i, v) } else { b })
                     .0 as u32;
+            }
+            if rep > 0 {
+                decode_allocs += crate::alloc::calls() - before;
+                decode_steps += 1;
             }
         }
         let tg_s = t.elapsed().as_secs_f64() / batch as f64;
@@ -123,6 +131,11 @@ pub fn run(data: &Path, a: BenchArgs) -> Result<()> {
         .file_name()
         .map(|s| s.to_string_lossy().to_string())
         .unwrap_or_default();
+    let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+    let file_bytes = std::fs::metadata(&m.path).map(|md| md.len()).unwrap_or(0);
+    let kv_bytes = m.engine.kv_bytes() as u64;
+    let peak = crate::alloc::peak_rss().unwrap_or(0);
+    let allocs_per_step = decode_allocs as f64 / decode_steps.max(1) as f64;
     if a.json {
         let v = serde_json::json!({
             "model": model,
@@ -136,6 +149,11 @@ pub fn run(data: &Path, a: BenchArgs) -> Result<()> {
             "decode_tok_s": decode,
             "prefill_runs": pp_runs,
             "decode_runs": tg_runs,
+            "peak_rss_mib": mib(peak),
+            "model_file_mib": mib(file_bytes),
+            "kv_cache_mib": mib(kv_bytes),
+            "rss_over_model_and_kv_mib": mib(peak) - mib(file_bytes) - mib(kv_bytes),
+            "decode_allocs_per_step": allocs_per_step,
         });
         println!("{v}");
     } else {
@@ -150,6 +168,14 @@ pub fn run(data: &Path, a: BenchArgs) -> Result<()> {
             "| {model} | {} | tg{} | {decode:.1} |",
             m.engine.n_threads(),
             a.gen_tokens
+        );
+        println!(
+            "peak RSS {:.1} MiB = model file {:.1} + KV cache {:.1} + {:.1} MiB; \
+             allocations per decode step: {allocs_per_step:.2}",
+            mib(peak),
+            mib(file_bytes),
+            mib(kv_bytes),
+            mib(peak) - mib(file_bytes) - mib(kv_bytes)
         );
     }
     Ok(())

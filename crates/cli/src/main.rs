@@ -1,12 +1,16 @@
 //! `troupe`: run GGUF chat models from the terminal. Flags follow
 //! llama.cpp's where they exist (`-m`, `-p`, `-n`, `--temp`, `--top-k`, …).
 
+mod alloc;
 mod bench;
 mod chat;
 mod load;
 mod serve;
 
 use anyhow::Result;
+
+#[global_allocator]
+static ALLOC: alloc::Counting = alloc::Counting;
 use clap::{Args, Parser, Subcommand};
 use std::io::Write;
 use std::path::PathBuf;

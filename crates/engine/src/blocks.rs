@@ -27,11 +27,12 @@ pub fn chain_hash(parent: u64, tokens: &[u32]) -> u64 {
     h ^ (h >> 33)
 }
 
-/// What a registered block holds, to rule out hash collisions.
-#[derive(Debug, Clone)]
+/// What a registered block holds, to rule out hash collisions (its tokens
+/// are kept in [`BlockPool::tokens`], so registering allocates nothing).
+#[derive(Debug, Clone, Copy)]
 struct Entry {
     parent: u64,
-    tokens: Box<[u32]>,
+    len: usize,
 }
 
 /// Block ownership and the prefix cache.
@@ -47,6 +48,10 @@ pub struct BlockPool {
     lru: BTreeMap<u64, u32>,
     lru_tick_of: Vec<u64>,
     tick: u64,
+    /// Tokens of each registered block, `block_size` per block, allocated
+    /// on first use of each block size.
+    tokens: Vec<u32>,
+    block_size: usize,
 }
 
 impl BlockPool {
@@ -54,11 +59,13 @@ impl BlockPool {
         BlockPool {
             refs: vec![0; n_blocks],
             hash_of: vec![None; n_blocks],
-            by_hash: HashMap::new(),
+            by_hash: HashMap::with_capacity(n_blocks),
             free: (0..n_blocks as u32).rev().collect(),
             lru: BTreeMap::new(),
             lru_tick_of: vec![0; n_blocks],
             tick: 0,
+            tokens: Vec::new(),
+            block_size: 0,
         }
     }
 
@@ -137,10 +144,20 @@ impl BlockPool {
     pub fn register(&mut self, b: u32, parent: u64, tokens: &[u32]) -> u64 {
         let h = chain_hash(parent, tokens);
         if self.hash_of[b as usize].is_none() && !self.by_hash.contains_key(&h) {
+            if self.block_size != tokens.len() {
+                // Blocks are one size in practice; a new size starts over.
+                self.block_size = tokens.len();
+                self.tokens = vec![0; self.n_blocks() * tokens.len()];
+                for b in 0..self.n_blocks() {
+                    self.forget(b as u32);
+                }
+            }
+            let n = self.block_size;
+            self.tokens[b as usize * n..(b as usize + 1) * n].copy_from_slice(tokens);
             self.hash_of[b as usize] = Some(h);
             let entry = Entry {
                 parent,
-                tokens: tokens.into(),
+                len: tokens.len(),
             };
             self.by_hash.insert(h, (b, entry));
         }
@@ -159,7 +176,9 @@ impl BlockPool {
     pub fn lookup(&self, parent: u64, tokens: &[u32]) -> Option<(u32, u64)> {
         let h = chain_hash(parent, tokens);
         let (b, e) = self.by_hash.get(&h)?;
-        (e.parent == parent && *e.tokens == *tokens).then_some((*b, h))
+        let n = self.block_size;
+        let held = self.tokens.get(*b as usize * n..(*b as usize + 1) * n)?;
+        (e.parent == parent && e.len == tokens.len() && held == tokens).then_some((*b, h))
     }
 }
 

@@ -192,6 +192,11 @@ impl Engine {
         self.ws.max_tokens
     }
 
+    /// Bytes the KV cache takes (allocated up front, touched as used).
+    pub fn kv_bytes(&self) -> usize {
+        self.kv.layout.bytes()
+    }
+
     /// Block usage of the KV cache.
     pub fn kv_stats(&self) -> KvStats {
         KvStats {
@@ -228,9 +233,12 @@ impl Engine {
         }
         let n = found.len() * bs;
         let s = self.seq_mut(id)?;
-        s.blocks = found.iter().map(|&(b, _)| b).collect();
-        s.hashes = found.iter().map(|&(_, h)| h).collect();
-        s.tokens = prompt[..n].to_vec();
+        s.blocks.clear();
+        s.blocks.extend(found.iter().map(|&(b, _)| b));
+        s.hashes.clear();
+        s.hashes.extend(found.iter().map(|&(_, h)| h));
+        s.tokens.clear();
+        s.tokens.extend_from_slice(&prompt[..n]);
         s.len = n;
         Ok(n)
     }
@@ -283,16 +291,24 @@ impl Engine {
         }
     }
 
-    /// A new, empty sequence.
+    /// A new, empty sequence, with room for a whole context reserved, so
+    /// that decoding never allocates.
     pub fn new_sequence(&mut self) -> SeqId {
+        let blocks = self.n_ctx.div_ceil(self.kv.layout.block_size);
+        let fresh = Sequence {
+            blocks: Vec::with_capacity(blocks),
+            len: 0,
+            tokens: Vec::with_capacity(self.n_ctx),
+            hashes: Vec::with_capacity(blocks),
+        };
         let slot = self.seqs.iter().position(Option::is_none);
         match slot {
             Some(i) => {
-                self.seqs[i] = Some(Sequence::default());
+                self.seqs[i] = Some(fresh);
                 SeqId(i)
             }
             None => {
-                self.seqs.push(Some(Sequence::default()));
+                self.seqs.push(Some(fresh));
                 SeqId(self.seqs.len() - 1)
             }
         }
