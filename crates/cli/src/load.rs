@@ -41,8 +41,8 @@ impl Loaded {
         adjust: impl FnOnce(&mut EngineOptions),
     ) -> Result<Self> {
         let path = resolve(data, &a.model)?;
-        let file =
-            Arc::new(GgufFile::open(&path).with_context(|| format!("loading {}", path.display()))?);
+        let mut file =
+            GgufFile::open(&path).with_context(|| format!("loading {}", path.display()))?;
         warm(&file);
         let tok = Tokenizer::from_gguf(&file).context("reading the tokenizer")?;
         let bos = tok
@@ -61,7 +61,9 @@ impl Loaded {
         if source.is_none() {
             eprintln!("note: the model has no chat template; using ChatML");
         }
-        let model = troupe_models::load(file).context("building the model")?;
+        // The tokenizer has its own copy of the vocabulary and merges.
+        file.forget_large_arrays(4096);
+        let model = troupe_models::load(Arc::new(file)).context("building the model")?;
         let mut opts = EngineOptions {
             n_ctx: a.ctx_size,
             kv_positions: a.ctx_size,

@@ -122,6 +122,26 @@ impl GgufFile {
         self.meta_index.get(key).map(|&i| &self.metadata[i].1)
     }
 
+    /// Drops the parsed metadata arrays with more than `min_len` elements
+    /// (a tokenizer's vocabulary and merges: tens of MiB as strings) once
+    /// their users have read them; the keys then read as absent.
+    pub fn forget_large_arrays(&mut self, min_len: usize) {
+        let big: Vec<String> = self
+            .metadata
+            .iter()
+            .filter(|(_, v)| v.as_array().is_some_and(|a| a.len() > min_len))
+            .map(|(k, _)| k.clone())
+            .collect();
+        self.metadata.retain(|(k, _)| !big.contains(k));
+        self.metadata.shrink_to_fit();
+        self.meta_index = self
+            .metadata
+            .iter()
+            .enumerate()
+            .map(|(i, (k, _))| (k.clone(), i))
+            .collect();
+    }
+
     fn require(&self, key: &str) -> Result<&Value> {
         self.get(key).ok_or_else(|| GgufError::MissingKey {
             key: key.to_string(),

@@ -116,3 +116,21 @@ fn empty_files_are_fine() {
     let f = GgufFile::from_bytes(w.build()).expect("metadata only");
     assert_eq!(f.get("k"), Some(&Value::Bool(true)));
 }
+
+#[test]
+fn large_arrays_can_be_forgotten() {
+    let big: Vec<String> = (0..5000).map(|i| format!("tok{i}")).collect();
+    let bytes = sample()
+        .kv("t.big", Value::Array(Array::String(big)))
+        .build();
+    let mut f = GgufFile::from_bytes(bytes).expect("valid");
+    assert_eq!(f.str_array("t.big").map(<[String]>::len).ok(), Some(5000));
+    f.forget_large_arrays(4096);
+    assert!(f.get("t.big").is_none());
+    // Small arrays and every other key stay, and lookups still agree.
+    assert_eq!(f.str_array("t.a.str").map(<[String]>::len).ok(), Some(3));
+    assert_eq!(f.str("general.architecture").ok(), Some("llama"));
+    for (k, v) in f.metadata() {
+        assert_eq!(f.get(k), Some(v));
+    }
+}

@@ -87,9 +87,15 @@ impl ModelConfig {
                 )));
             }
         }
-        let n_vocab = match f.opt_usize(&key("vocab_size"))? {
-            Some(n) => n,
-            None => f.str_array("tokenizer.ggml.tokens")?.len(),
+        // The embedding table's rows are the vocabulary (the loader may have
+        // dropped the token list once the tokenizer read it).
+        let embd_rows = f
+            .tensor("token_embd.weight")
+            .and_then(|t| t.shape.get(1).copied())
+            .map(|n| n as usize);
+        let n_vocab = match (f.opt_usize(&key("vocab_size"))?, embd_rows) {
+            (Some(n), _) | (None, Some(n)) => n,
+            (None, None) => f.str_array("tokenizer.ggml.tokens")?.len(),
         };
         let rope_dims = f
             .opt_usize(&key("rope.dimension_count"))?
