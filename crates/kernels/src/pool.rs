@@ -4,6 +4,13 @@
 //! attention pass), so dispatch must cost well under a microsecond: workers
 //! spin on a generation counter for a while before parking, and the calling
 //! thread takes part in every job (with N threads there are N-1 workers).
+//!
+//! Workers *join* a job; once the caller has finished its own part it closes
+//! the job and waits only for the workers that joined. Jobs hand out their
+//! work from shared counters, so a worker the OS has not scheduled (a busy
+//! shared machine) costs nothing: the caller and the others take its share.
+//! With fixed per-thread shares, one descheduled worker would stall every
+//! job for a whole time slice.
 
 use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -15,11 +22,17 @@ const SPIN_BEFORE_PARK: u32 = 20_000;
 
 type Job = dyn Fn(usize, usize) + Sync;
 
+/// `Shared::slot`: the job's generation in the high 32 bits, this flag,
+/// and the number of workers inside the job in the low bits.
+const CLOSED: u64 = 1 << 31;
+const ACTIVE: u64 = CLOSED - 1;
+
 struct Shared {
     /// Lifetime-erased pointer to the current job; valid while `run` waits.
     job: UnsafeCell<Option<*const Job>>,
     generation: AtomicU64,
-    remaining: AtomicUsize,
+    /// Generation, [`CLOSED`] and the count of workers that joined.
+    slot: AtomicU64,
     sleepers: AtomicUsize,
     quit: AtomicBool,
     panicked: AtomicBool,
@@ -47,7 +60,7 @@ impl ThreadPool {
         let shared = Arc::new(Shared {
             job: UnsafeCell::new(None),
             generation: AtomicU64::new(0),
-            remaining: AtomicUsize::new(0),
+            slot: AtomicU64::new(CLOSED),
             sleepers: AtomicUsize::new(0),
             quit: AtomicBool::new(false),
             panicked: AtomicBool::new(false),
@@ -87,8 +100,12 @@ impl ThreadPool {
         self.workers.len() + 1
     }
 
-    /// Runs `f(thread_index, n_threads)` once on every thread and returns
-    /// when all have finished. Panics in `f` are re-raised here.
+    /// Runs `f(thread_index, n_threads)` on the calling thread (index 0)
+    /// and on every worker that joins before the caller's own call returns,
+    /// and returns when all of those have finished. `f` must take its work
+    /// from a shared counter (as [`ThreadPool::for_ranges`] does), never by
+    /// a fixed share per thread index: a worker may not run at all. Panics
+    /// in `f` are re-raised here.
     pub fn run<F: Fn(usize, usize) + Sync>(&self, f: F) {
         let n = self.n_threads();
         if n == 1 {
@@ -102,20 +119,23 @@ impl ThreadPool {
         let job: *const Job =
             unsafe { std::mem::transmute::<&(dyn Fn(usize, usize) + Sync), &'static Job>(job) };
         let s = &*self.shared;
-        // SAFETY: no worker reads `job` until it sees the new generation.
+        // SAFETY: no worker reads `job` until it has joined the new
+        // generation, which is published below.
         unsafe { *s.job.get() = Some(job) };
-        s.remaining.store(n - 1, Ordering::SeqCst);
-        s.generation.fetch_add(1, Ordering::SeqCst);
+        let g = s.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        s.slot.store((g & 0xFFFF_FFFF) << 32, Ordering::SeqCst);
         if s.sleepers.load(Ordering::SeqCst) > 0 {
             for (_, t) in &self.workers {
                 t.unpark();
             }
         }
         let mine = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(0, n)));
-        // Spin briefly, then yield: on an oversubscribed machine a worker may
-        // be waiting for this very core.
+        // No one joins from now on; wait for those inside. Spin briefly, then
+        // yield: on an oversubscribed machine a worker may be waiting for
+        // this very core.
+        s.slot.fetch_or(CLOSED, Ordering::SeqCst);
         let mut spins = 0u32;
-        while s.remaining.load(Ordering::Acquire) != 0 {
+        while s.slot.load(Ordering::Acquire) & ACTIVE != 0 {
             spins += 1;
             if spins < SPIN_BEFORE_PARK {
                 std::hint::spin_loop();
@@ -269,8 +289,11 @@ fn worker_loop(s: &Shared, idx: usize) {
                 spins = 0;
             }
         }
-        // SAFETY: the generation we saw was published after `job` was set,
-        // and `run` keeps the job alive until `remaining` reaches zero.
+        if !join(s, seen) {
+            continue; // closed already: the others did the work
+        }
+        // SAFETY: we joined generation `seen`, published after `job` was
+        // set; `run` keeps the job alive until every joined worker leaves.
         if let Some(job) = unsafe { *s.job.get() } {
             let n = s.n_threads.load(Ordering::Relaxed);
             let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| unsafe {
@@ -280,7 +303,24 @@ fn worker_loop(s: &Shared, idx: usize) {
                 s.panicked.store(true, Ordering::SeqCst);
             }
         }
-        s.remaining.fetch_sub(1, Ordering::Release);
+        s.slot.fetch_sub(1, Ordering::Release);
+    }
+}
+
+/// Enters the job of generation `g` if it is still open.
+fn join(s: &Shared, g: u64) -> bool {
+    let mut cur = s.slot.load(Ordering::Acquire);
+    loop {
+        if cur >> 32 != g & 0xFFFF_FFFF || cur & CLOSED != 0 {
+            return false;
+        }
+        match s
+            .slot
+            .compare_exchange_weak(cur, cur + 1, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => return true,
+            Err(now) => cur = now,
+        }
     }
 }
 
@@ -299,16 +339,43 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_thread_runs_once_per_job() {
+    fn each_thread_runs_at_most_once_per_job_and_all_work_is_done() {
         let pool = ThreadPool::new(3);
         for _ in 0..1000 {
-            let hits = AtomicUsize::new(0);
-            pool.run(|_, n| {
-                assert_eq!(n, pool.n_threads());
-                hits.fetch_add(1, Ordering::SeqCst);
+            let hits: Vec<AtomicUsize> = (0..3).map(|_| AtomicUsize::new(0)).collect();
+            let done = AtomicUsize::new(0);
+            pool.for_ranges(1000, 7, |r| {
+                done.fetch_add(r.len(), Ordering::SeqCst);
             });
-            assert_eq!(hits.load(Ordering::SeqCst), pool.n_threads());
+            pool.run(|i, n| {
+                assert_eq!(n, pool.n_threads());
+                hits[i].fetch_add(1, Ordering::SeqCst);
+            });
+            assert_eq!(hits[0].load(Ordering::SeqCst), 1, "the caller always runs");
+            assert!(hits.iter().all(|h| h.load(Ordering::SeqCst) <= 1));
+            assert_eq!(done.load(Ordering::SeqCst), 1000);
         }
+    }
+
+    #[test]
+    fn late_workers_cannot_join_a_closed_job() {
+        let s = Shared {
+            job: UnsafeCell::new(None),
+            generation: AtomicU64::new(7),
+            slot: AtomicU64::new(7 << 32),
+            sleepers: AtomicUsize::new(0),
+            quit: AtomicBool::new(false),
+            panicked: AtomicBool::new(false),
+            n_threads: AtomicUsize::new(3),
+        };
+        assert!(join(&s, 7), "an open job takes a worker");
+        assert_eq!(s.slot.load(Ordering::SeqCst) & ACTIVE, 1);
+        assert!(!join(&s, 6), "a worker that saw an older job stays out");
+        s.slot.fetch_or(CLOSED, Ordering::SeqCst);
+        assert!(!join(&s, 7), "once the caller closes the job, no one joins");
+        // The caller waits only for the one inside.
+        s.slot.fetch_sub(1, Ordering::SeqCst);
+        assert_eq!(s.slot.load(Ordering::SeqCst) & ACTIVE, 0);
     }
 
     #[test]
@@ -330,29 +397,45 @@ mod tests {
     fn wakes_after_parking() {
         let pool = ThreadPool::new(2);
         std::thread::sleep(std::time::Duration::from_millis(50));
-        let hits = AtomicUsize::new(0);
-        pool.run(|_, _| {
-            hits.fetch_add(1, Ordering::SeqCst);
+        // The caller waits (boundedly) for the worker to join, so the parked
+        // worker must wake up and run.
+        let joined = AtomicUsize::new(0);
+        pool.run(|i, _| {
+            if i == 0 {
+                let t = std::time::Instant::now();
+                while joined.load(Ordering::SeqCst) == 0 && t.elapsed().as_secs() < 10 {
+                    std::hint::spin_loop();
+                }
+            } else {
+                joined.fetch_add(1, Ordering::SeqCst);
+            }
         });
-        assert_eq!(hits.load(Ordering::SeqCst), 2);
+        assert_eq!(joined.load(Ordering::SeqCst), 1);
     }
 
     #[test]
     fn worker_panic_is_reported() {
         let pool = ThreadPool::new(2);
+        let entered = AtomicUsize::new(0);
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             pool.run(|i, _| {
                 if i == 1 {
+                    entered.fetch_add(1, Ordering::SeqCst);
                     panic!("boom");
+                }
+                // Keep the job open until the worker is in.
+                let t = std::time::Instant::now();
+                while entered.load(Ordering::SeqCst) == 0 && t.elapsed().as_secs() < 10 {
+                    std::hint::spin_loop();
                 }
             })
         }));
         assert!(r.is_err());
         // The pool still works afterwards.
         let hits = AtomicUsize::new(0);
-        pool.run(|_, _| {
-            hits.fetch_add(1, Ordering::SeqCst);
+        pool.for_ranges(100, 1, |r| {
+            hits.fetch_add(r.len(), Ordering::SeqCst);
         });
-        assert_eq!(hits.load(Ordering::SeqCst), 2);
+        assert_eq!(hits.load(Ordering::SeqCst), 100);
     }
 }
