@@ -29,6 +29,10 @@ pub struct BenchArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
+    /// Measure memory read bandwidth instead (GB/s over a 1 GiB buffer,
+    /// with --threads threads), the ceiling of decode speed.
+    #[arg(long)]
+    memory_bandwidth: bool,
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -44,7 +48,58 @@ fn median(v: &mut [f64]) -> f64 {
     }
 }
 
+/// Read bandwidth: every thread sums its share of a 1 GiB buffer.
+fn memory_bandwidth(a: &BenchArgs) -> Result<()> {
+    const BYTES: usize = 1 << 30;
+    let threads = a
+        .model
+        .threads
+        .unwrap_or_else(troupe_kernels::pool::default_threads);
+    let pool = troupe_kernels::pool::ThreadPool::new(threads);
+    let buf: Vec<u64> = (0..BYTES / 8).map(|i| i as u64).collect();
+    let mut runs = Vec::new();
+    for rep in 0..=a.reps.max(1) {
+        let t = Instant::now();
+        let total = std::sync::atomic::AtomicU64::new(0);
+        pool.for_ranges(buf.len(), 1 << 16, |r| {
+            // Eight independent sums, so the loads are not one dependency chain.
+            let mut acc = [0u64; 8];
+            for c in buf[r].chunks_exact(8) {
+                for (a, &x) in acc.iter_mut().zip(c) {
+                    *a = a.wrapping_add(x);
+                }
+            }
+            let s = acc.iter().fold(0u64, |s, &x| s.wrapping_add(x));
+            total.fetch_add(s, std::sync::atomic::Ordering::Relaxed);
+        });
+        std::hint::black_box(total.into_inner());
+        let gbs = BYTES as f64 / t.elapsed().as_secs_f64() / 1e9;
+        if rep > 0 {
+            runs.push(gbs);
+        }
+    }
+    let runs_copy = runs.clone();
+    let gbs = median(&mut runs);
+    if a.json {
+        let v = serde_json::json!({
+            "threads": pool.n_threads(),
+            "read_gb_s": gbs,
+            "runs": runs_copy,
+        });
+        println!("{v}");
+    } else {
+        println!(
+            "memory read bandwidth, {} threads: {gbs:.1} GB/s",
+            pool.n_threads()
+        );
+    }
+    Ok(())
+}
+
 pub fn run(data: &Path, a: BenchArgs) -> Result<()> {
+    if a.memory_bandwidth {
+        return memory_bandwidth(&a);
+    }
     let mut margs = a.model.clone();
     margs.ctx_size = margs.ctx_size.max(a.prompt_tokens + a.gen_tokens + 1);
     let batch = a.batch.max(1);
